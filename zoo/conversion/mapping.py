@@ -1,0 +1,132 @@
+"""Apply a recipe's mapping table strictly.
+
+Every PyTorch tensor is consumed exactly once unless ignored, every Keras variable is assigned
+exactly once, every shape is checked after its transform, and module hyper-parameters that shapes
+cannot reveal (BN eps/momentum, conv strides) are compared. All problems are collected and raised
+together as one MappingError; nothing is assigned unless the whole plan is clean.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+import numpy as np
+
+from zoo.errors import MappingError
+from zoo.recipe import Rule
+from zoo.transforms import TRANSFORMS
+
+MAX_REPORTED = 40
+
+
+@dataclass(frozen=True)
+class Assignment:
+    torch_key: str
+    keras_path: str
+    rule: Rule
+    array: np.ndarray
+
+
+def keras_layer_path(rule: Rule, match) -> str:
+    groups = [match.group(0)] + [g if g is not None else "" for g in match.groups()]
+    return rule.keras.format(*groups, **{k: (v or "") for k, v in match.groupdict().items()})
+
+
+def _owners(model):
+    """keras variable path -> the innermost layer that owns it."""
+    owner = {}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        for v in layer.weights:
+            owner[v.path] = layer
+    return owner
+
+
+def match_module(module: str, rules: list[Rule]):
+    for rule in rules:
+        m = rule.torch.fullmatch(module)
+        if m:
+            return rule, m
+    return None, None
+
+
+def plan_mapping(state: dict[str, np.ndarray], model, rules: list[Rule], ignore, *,
+                 modules: dict | None = None, context: str = "") -> list[Assignment]:
+    """state: torch state_dict as NumPy; modules: torch module path -> nn.Module (for checks)."""
+    kvars = {v.path: v for v in model.weights}
+    owner = _owners(model)
+    errors: list[str] = []
+    assigned: dict[str, str] = {}
+    plan: list[Assignment] = []
+
+    by_module: dict[str, dict[str, str]] = {}
+    for key in state:
+        if any(p.fullmatch(key) for p in ignore):
+            continue
+        module, _, leaf = key.rpartition(".")
+        by_module.setdefault(module, {})[leaf] = key
+
+    for module, leaves in by_module.items():
+        rule, m = match_module(module, rules)
+        if rule is None:
+            errors.append(f"no mapping rule matches torch module {module!r} "
+                          f"(tensors: {', '.join(leaves.values())})")
+            continue
+        t = TRANSFORMS[rule.transform]
+        layer_path = keras_layer_path(rule, m)
+        for leaf, key in leaves.items():
+            spec = t.leaf(leaf)
+            if spec is None:
+                errors.append(f"{key}: {rule.describe()}: transform {t.name!r} has no tensor "
+                              f"{leaf!r} (it maps {sorted(t.leaves)}); add an ignore pattern or "
+                              f"another rule")
+                continue
+            kname, fn = spec
+            path = f"{layer_path}/{kname}"
+            var = kvars.get(path)
+            if var is None:
+                close = difflib.get_close_matches(path, list(kvars), n=3, cutoff=0.6)
+                errors.append(f"{key}: {rule.describe()}: keras variable {path!r} does not exist"
+                              + (f"; close: {close}" if close else ""))
+                continue
+            if path in assigned:
+                errors.append(f"{key}: {rule.describe()}: keras variable {path!r} is already "
+                              f"assigned from {assigned[path]!r} (duplicate assignment)")
+                continue
+            src = state[key]
+            try:
+                arr = np.ascontiguousarray(fn(src, target_shape=tuple(var.shape), **rule.args))
+            except Exception as e:  # noqa: BLE001 - report, with context, whatever the layout fn hit
+                errors.append(f"{key} {tuple(src.shape)} -> {path} {tuple(var.shape)}: "
+                              f"{rule.describe()}: transform failed: {e}")
+                continue
+            if tuple(arr.shape) != tuple(var.shape):
+                errors.append(f"shape mismatch: torch {key} {tuple(src.shape)} -> {t.name} -> "
+                              f"{tuple(arr.shape)}, but keras {path} is {tuple(var.shape)} "
+                              f"({rule.describe()})")
+                continue
+            assigned[path] = key
+            plan.append(Assignment(key, path, rule, arr))
+        if t.check and modules is not None and module in modules:
+            layer = next((owner[p] for p in kvars if p.startswith(layer_path + "/")), None)
+            if layer is not None:
+                for problem in t.check(modules[module], layer, rule.args):
+                    errors.append(f"torch module {module!r} -> keras layer {layer_path!r}: "
+                                  f"{problem} ({rule.describe()})")
+
+    for path in kvars:
+        if path not in assigned:
+            errors.append(f"keras variable {path!r} {tuple(kvars[path].shape)} is never assigned "
+                          f"(no torch tensor maps to it)")
+    if errors:
+        head = f"weight mapping failed{' for ' + context if context else ''} " \
+               f"({len(errors)} problem(s)):"
+        shown = errors[:MAX_REPORTED] + ([f"... and {len(errors) - MAX_REPORTED} more"]
+                                         if len(errors) > MAX_REPORTED else [])
+        raise MappingError("\n  ".join([head] + shown))
+    return plan
+
+
+def apply_plan(model, plan: list[Assignment]) -> None:
+    kvars = {v.path: v for v in model.weights}
+    for a in plan:
+        kvars[a.keras_path].assign(a.array)

@@ -1,0 +1,142 @@
+"""One conversion: PyTorch source -> Keras model -> mapped weights -> parity -> export -> reload
+-> parity again -> report. The Keras model is built once; nothing is written unless it passes."""
+from __future__ import annotations
+
+import platform
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from zoo.conversion.torch_first import timm, torch, torchvision  # before keras/tensorflow
+from zoo.conversion.mapping import apply_plan, plan_mapping
+from zoo.conversion.sources import load_torch_model
+from zoo.catalog import get_variant, output_dir
+from zoo.errors import ValidationError
+from zoo.export import atomic_dir, manifest, save_model_files, write_json
+from zoo.models import get_builder
+from zoo.validate import compare_outputs, keras_outputs, make_inputs, save_golden, validate_files
+
+STAGES = ("load_torch", "build_keras", "map_weights", "validate", "export", "reload_validate")
+FORMAT_VERSION = 1
+
+
+def library_versions() -> dict:
+    import keras
+    import numpy
+    import tensorflow as tf
+
+    import zoo
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "timm": timm.__version__,
+            "tensorflow": tf.__version__, "keras": keras.__version__, "numpy": numpy.__version__,
+            "zoo": zoo.__version__}
+
+
+def weights_spec(weights) -> str:
+    return weights if weights in ("random", "pretrained") else "checkpoint"
+
+
+def torch_outputs(module, inputs_nhwc, feature_modules: dict[str, str]) -> dict:
+    """Logits and the named modules' outputs (NCHW -> NHWC) from one forward pass."""
+    captured, hooks = {}, []
+    for torch_name, keras_name in feature_modules.items():
+        sub = module.get_submodule(torch_name)
+        hooks.append(sub.register_forward_hook(
+            lambda _m, _i, out, k=keras_name: captured.__setitem__(k, out.detach())))
+    try:
+        with torch.no_grad():
+            x = torch.from_numpy(inputs_nhwc.transpose(0, 3, 1, 2).copy())
+            logits = module(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    feats = {k: (v.permute(0, 2, 3, 1) if v.ndim == 4 else v).numpy() for k, v in captured.items()}
+    return {"logits": logits.numpy(), "features": feats}
+
+
+@contextmanager
+def _stage(name, timings, progress):
+    if progress:
+        progress(name)
+    t0 = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - t0, 3)
+
+
+def convert(name: str, weights="random", num_classes: int | None = None,
+            in_chans: int | None = None, out_dir=None, input_size: int | None = None,
+            progress=None):
+    """Convert catalogue model `name`; returns (keras_model, report).
+
+    weights: 'random' (perturbed), 'pretrained', or a checkpoint path. out_dir: output root
+    (the model goes to `<out_dir>/<name>/`), or None to convert and validate without writing.
+    Raises ValidationError (with .report) if parity fails; MappingError/SourceError otherwise.
+    """
+    variant, tag = get_variant(name)
+    timings: dict[str, float] = {}
+    with _stage("load_torch", timings, progress):
+        tm = load_torch_model(variant, tag, weights, num_classes, in_chans)
+
+    with _stage("build_keras", timings, progress):
+        kwargs = dict(variant.builder_kwargs, classes=tm.num_classes,
+                      input_shape=[None, None, tm.in_chans])
+        model = get_builder(variant.builder)(**kwargs)
+
+    with _stage("map_weights", timings, progress):
+        state = tm.state_dict_numpy()
+        plan = plan_mapping(state, model, variant.rules, variant.recipe.ignore,
+                            modules=dict(tm.module.named_modules()), context=name)
+        apply_plan(model, plan)
+
+    size = input_size or variant.input_size
+    features = dict(variant.recipe.features)
+    with _stage("validate", timings, progress):
+        inputs = make_inputs(size, tm.in_chans, tm.preprocessing)
+        ref = torch_outputs(tm.module, inputs, features)
+        parity = {"in_memory": compare_outputs(ref, keras_outputs(model, inputs,
+                                                                  list(features.values())),
+                                               variant.tolerance)}
+
+    report = {
+        "format_version": FORMAT_VERSION, "name": name, "family": variant.recipe.family,
+        "source": variant.source, "recipe": str(variant.recipe.path.name),
+        "fingerprint": variant.fingerprint(),
+        "weights": {"source": tm.weights, "tag": tm.tag, "checkpoint": tm.checkpoint,
+                    "spec": weights_spec(weights)},
+        "num_classes": tm.num_classes, "in_chans": tm.in_chans, "input_size": size,
+        "tolerance": variant.tolerance, "tensors_mapped": len(plan),
+        "versions": library_versions(), "warnings": tm.warnings, "parity": parity,
+        "timings": timings,
+    }
+    if not parity["in_memory"]["passed"]:
+        report["status"] = "failed"
+        raise ValidationError(f"{name}: parity failed: max relative error "
+                              f"{parity['in_memory']['max_rel']:.3g} > tolerance "
+                              f"{variant.tolerance:g}", report)
+    if out_dir is None:
+        report["status"] = "passed"
+        return model, report
+
+    config = {
+        "format_version": FORMAT_VERSION, "name": name, "family": variant.recipe.family,
+        "builder": variant.builder, "builder_kwargs": kwargs, "num_classes": tm.num_classes,
+        "input_size": size, "preprocessing": tm.preprocessing, "class_names": tm.class_names,
+        "weights": report["weights"], "license": tm.license, "source": variant.source,
+        "tolerance": variant.tolerance, "feature_layers": list(features.values()),
+    }
+    final = output_dir(out_dir, name)
+    with atomic_dir(final) as tmp:
+        with _stage("export", timings, progress):
+            write_json(tmp / "config.json", config)
+            save_golden(tmp, inputs, ref)
+            save_model_files(model, tmp)
+        with _stage("reload_validate", timings, progress):
+            parity.update(validate_files(tmp, inputs, ref))
+        failed = [fmt for fmt, p in parity.items() if not p["passed"]]
+        report["status"] = "failed" if failed else "passed"
+        if failed:
+            raise ValidationError(f"{name}: parity failed after reloading {failed}", report)
+        report["files"] = manifest(tmp)
+        write_json(tmp / "report.json", report)   # last: its presence marks a complete folder
+    report["output_dir"] = str(Path(final))
+    return model, report

@@ -1,0 +1,318 @@
+"""PyTorch sources: build the model named by a recipe variant and give it weights (random and
+perturbed, pretrained through timm's/torchvision's own APIs and caches, or a local checkpoint)."""
+from __future__ import annotations
+
+import importlib
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from zoo.conversion.torch_first import timm, torch, torchvision
+from zoo.errors import SourceError
+from zoo.export import sha256_file
+from zoo.recipe import Variant
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+PERTURB_SEED = 0
+
+
+@dataclass
+class TorchModel:
+    module: "torch.nn.Module"
+    weights: str                        # random | pretrained | checkpoint
+    tag: str | None
+    num_classes: int
+    in_chans: int
+    preprocessing: dict
+    license: str | None
+    class_names: list[str] | None = None
+    checkpoint: dict | None = None      # {"path", "sha256"}
+    warnings: list[str] = field(default_factory=list)
+
+    def state_dict_numpy(self):
+        return {k: v.detach().cpu().numpy() for k, v in self.module.state_dict().items()}
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    host = urlparse(url).hostname
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------- building (random weights)
+
+def _timm_create(variant, tag, num_classes, in_chans, pretrained=False, overlay=None):
+    arch = variant.source.split(":", 1)[1]
+    kwargs = dict(variant.source_kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if in_chans is not None:
+        kwargs["in_chans"] = in_chans
+    if overlay:
+        kwargs["pretrained_cfg_overlay"] = overlay
+    try:
+        return timm.create_model(f"{arch}.{tag}" if tag else arch, pretrained=pretrained, **kwargs)
+    except RuntimeError as e:
+        if "Unknown model" in str(e) or "Invalid pretrained tag" in str(e):
+            raise SourceError(f"timm has no model/tag {arch}.{tag}: {e}") from None
+        raise
+
+
+def _tv_weights_enum(variant, tag):
+    arch = variant.source.split(":", 1)[1]
+    enum = torchvision.models.get_model_weights(arch)
+    if tag is None:
+        return enum.DEFAULT
+    try:
+        return enum[tag]
+    except KeyError:
+        raise SourceError(f"torchvision {arch} has no weights {tag!r}; "
+                          f"known: {[w.name for w in enum]}") from None
+
+
+def _python_callable(variant):
+    _, module, attr = variant.source.split(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise SourceError(f"cannot import {variant.source}: {e}") from None
+
+
+def _build_random(variant, tag, num_classes, in_chans):
+    kind = variant.source_kind
+    if kind == "timm":
+        return _timm_create(variant, tag, num_classes, in_chans)
+    kwargs = dict(variant.source_kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if kind == "torchvision":
+        if in_chans not in (None, 3):
+            raise SourceError(f"torchvision builders take 3-channel input; cannot set "
+                              f"in_chans={in_chans} for {variant.name}")
+        arch = variant.source.split(":", 1)[1]
+        return torchvision.models.get_model(arch, weights=None, **kwargs)
+    if in_chans is not None:
+        kwargs["in_chans"] = in_chans
+    return _python_callable(variant)(**kwargs)
+
+
+# ---------------------------------------------------------------- weights
+
+def perturb_(module, seed=PERTURB_SEED):
+    """Move every float parameter and buffer away from its initial value (fixed seed).
+
+    Fresh init hides mapping bugs: BN stats 0/1 make a swapped mean/var invisible, zero-init last
+    BN gammas (timm ResNet) switch residual branches off, constant biases hide transposes.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    tensors = dict(module.named_parameters())
+    tensors.update(module.named_buffers())
+    with torch.no_grad():
+        for name in sorted(tensors):
+            t = tensors[name]
+            if not t.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                t.copy_(0.5 + torch.rand(t.shape, generator=gen))
+                continue
+            std = float(t.std()) if t.numel() > 1 else 0.0
+            noise = torch.randn(t.shape, generator=gen)
+            t.add_(noise * (0.5 * std if std > 1e-8 else 0.2))
+
+
+def _unwrap_state_dict(obj, path):
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model", "module", "state_dict_ema"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise SourceError(f"{path}: does not contain a state_dict (a mapping of names to tensors)")
+    if obj and all(k.startswith("module.") for k in obj):   # saved from DataParallel/DDP
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def read_checkpoint(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise SourceError(f"checkpoint {path} does not exist")
+    if path.suffix not in CHECKPOINT_SUFFIXES:
+        raise SourceError(f"checkpoint {path}: unsupported suffix {path.suffix!r}; "
+                          f"expected one of {CHECKPOINT_SUFFIXES}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            obj = load_file(str(path))
+        else:   # weights_only: a checkpoint must never run code when it is read
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any reader failure means a corrupt/unsafe file
+        raise SourceError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+    return _unwrap_state_dict(obj, path)
+
+
+def _load_checkpoint(module, state, path, variant):
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        lines = [f"checkpoint {path} does not fit {variant.name} ({variant.source}):"]
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                             ("shape mismatches", shapes)):
+            if items:
+                more = f" ... and {len(items) - 20} more" if len(items) > 20 else ""
+                lines.append(f"  {title} ({len(items)}): {', '.join(items[:20])}{more}")
+        clf = variant.recipe.classifier
+        if clf and f"{clf}.weight" in state and f"{clf}.weight" in own and \
+                state[f"{clf}.weight"].shape[0] != own[f"{clf}.weight"].shape[0]:
+            lines.append(f"  the checkpoint's classifier has {state[f'{clf}.weight'].shape[0]} "
+                         f"classes: pass --num-classes {state[f'{clf}.weight'].shape[0]}")
+        raise SourceError("\n".join(lines))
+    module.load_state_dict(state, strict=True)
+
+
+def _timm_cached_file(cfg):
+    """Local path of timm pretrained weights already in the Hugging Face cache, or None."""
+    repo = cfg.get("hf_hub_id")
+    if not repo:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+    for fname in ("model.safetensors", "pytorch_model.bin"):
+        hit = try_to_load_from_cache(repo, fname)
+        if isinstance(hit, str):
+            return hit
+    return None
+
+
+def _pretrained(variant, tag, num_classes, in_chans):
+    kind = variant.source_kind
+    if kind == "timm":
+        cfg = _timm_create(variant, tag, num_classes, in_chans).pretrained_cfg
+        cached = _timm_cached_file(cfg)
+        if cached:   # load from the cache without a network round-trip
+            return _timm_create(variant, tag, num_classes, in_chans, pretrained=True,
+                                overlay={"file": cached})
+        url = f"https://huggingface.co/{cfg.get('hf_hub_id')}" if cfg.get("hf_hub_id") \
+            else cfg.get("url")
+        if not url or not _reachable(url):
+            raise SourceError(f"pretrained weights for {variant.name}"
+                              f"{'.' + tag if tag else ''} are not in the local cache and "
+                              f"{urlparse(url).hostname if url else 'their host'} is unreachable")
+        return _timm_create(variant, tag, num_classes, in_chans, pretrained=True)
+    if kind == "torchvision":
+        w = _tv_weights_enum(variant, tag)
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(w.url).path).name
+        if not cached.exists() and not _reachable(w.url):
+            raise SourceError(f"pretrained weights for {variant.name} ({w}) are not in the local "
+                              f"cache ({cached}) and {urlparse(w.url).hostname} is unreachable")
+        if num_classes not in (None, len(w.meta["categories"])):
+            raise SourceError(f"torchvision pretrained {w} has {len(w.meta['categories'])} "
+                              f"classes; --num-classes needs a checkpoint or random weights")
+        arch = variant.source.split(":", 1)[1]
+        try:
+            return torchvision.models.get_model(arch, weights=w, **variant.source_kwargs)
+        except Exception as e:  # noqa: BLE001
+            raise SourceError(f"could not load pretrained {w}: {e}") from None
+    raise SourceError(f"{variant.source}: a python: source has no pretrained weights; pass a "
+                      f"checkpoint path")
+
+
+# ---------------------------------------------------------------- metadata
+
+def _metadata(variant, tag, module, weights):
+    pre = dict(variant.preprocessing)
+    license_ = variant.license
+    names = None
+    kind = variant.source_kind
+    if kind == "timm":
+        cfg = getattr(module, "pretrained_cfg", {}) or {}
+        for k in ("mean", "std"):
+            if cfg.get(k):
+                pre[k] = [float(x) for x in cfg[k]]
+        for k in ("interpolation", "crop_pct"):
+            if cfg.get(k):
+                pre[k] = cfg[k]
+        license_ = cfg.get("license", license_)
+        tag = tag or cfg.get("tag")
+        if weights == "pretrained":
+            from timm.data import ImageNetInfo, infer_imagenet_subset
+            subset = infer_imagenet_subset(module)
+            if subset:
+                names = list(ImageNetInfo(subset).label_descriptions())
+    elif kind == "torchvision":
+        w = _tv_weights_enum(variant, tag)
+        t = w.transforms()
+        pre.update(mean=list(t.mean), std=list(t.std), interpolation=t.interpolation.value,
+                   crop_pct=round(t.crop_size[0] / t.resize_size[0], 4))
+        tag = tag or w.name
+        if weights == "pretrained":
+            names = list(w.meta["categories"])
+    return pre, license_, names, tag
+
+
+def load_torch_model(variant: Variant, tag: str | None, weights: str,
+                     num_classes: int | None = None, in_chans: int | None = None) -> TorchModel:
+    """weights: 'random' (perturbed), 'pretrained', or a checkpoint path."""
+    if weights == "random":
+        module = _build_random(variant, tag, num_classes, in_chans)
+        perturb_(module)
+        kind, ckpt = "random", None
+    elif weights == "pretrained":
+        module = _pretrained(variant, tag, num_classes, in_chans)
+        kind, ckpt = "pretrained", None
+    else:
+        path = Path(weights)
+        state = read_checkpoint(path)
+        module = _build_random(variant, tag, num_classes, in_chans)
+        _load_checkpoint(module, state, path, variant)
+        kind, ckpt = "checkpoint", {"path": str(path.resolve()), "sha256": sha256_file(path)}
+    module.eval()
+    pre, license_, names, tag = _metadata(variant, tag, module, kind)
+    n_cls = _num_classes(module, variant, num_classes)
+    chans = in_chans or 3
+    warnings = []
+    if kind == "random":
+        warnings.append(f"{variant.name}: RANDOM weights (perturbed, seed {PERTURB_SEED}): "
+                        "the converted model is for parity testing only")
+    return TorchModel(module, kind, tag if kind != "checkpoint" else None, n_cls, chans, pre,
+                      None if kind == "checkpoint" else license_,   # a user checkpoint: theirs
+                      names, ckpt, warnings)
+
+
+def _num_classes(module, variant, override):
+    if override is not None:
+        return override
+    n = getattr(module, "num_classes", None)
+    if isinstance(n, int):
+        return n
+    clf = variant.recipe.classifier
+    sd = module.state_dict()
+    if clf and f"{clf}.weight" in sd:
+        return int(sd[f"{clf}.weight"].shape[0])
+    return int(variant.builder_kwargs.get("classes", 1000))
+
+
+def pretrained_possible(variant: Variant, tag: str | None) -> bool:
+    """Whether `pretrained` can succeed here (weights cached, or their host reachable)."""
+    try:
+        if variant.source_kind == "timm":
+            cfg = _timm_create(variant, tag, None, None).pretrained_cfg
+            if _timm_cached_file(cfg):
+                return True
+            url = f"https://huggingface.co/{cfg['hf_hub_id']}" if cfg.get("hf_hub_id") \
+                else cfg.get("url")
+            return bool(url) and _reachable(url)
+        if variant.source_kind == "torchvision":
+            w = _tv_weights_enum(variant, tag)
+            cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(w.url).path).name
+            return cached.exists() or _reachable(w.url)
+    except SourceError:
+        return False
+    return False
+

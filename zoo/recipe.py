@@ -1,0 +1,258 @@
+"""Recipe schema: one YAML file per architecture family (see docs/recipe-format.md).
+
+Loading is pure Python + PyYAML so that the catalogue can be listed without torch or TensorFlow.
+Every error names the file, the variant or rule, and what is wrong.
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from zoo.errors import RecipeError
+from zoo.transforms import TRANSFORMS
+
+SOURCE_KINDS = ("timm", "torchvision", "python")
+DEFAULT_TOLERANCE = 1e-4
+DEFAULT_PREPROCESSING = {
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+    "interpolation": "bilinear",
+    "crop_pct": 0.875,
+}
+
+_FAMILY_KEYS = {"family", "description", "license", "input_size", "preprocessing", "tolerance",
+                "classifier", "features", "ignore", "mapping", "variants"}
+_VARIANT_KEYS = {"torch", "keras", "license", "input_size", "preprocessing", "tolerance"}
+_RULE_KEYS = {"torch", "keras", "transform", "args", "only", "skip", "note"}
+_PREPROC_KEYS = set(DEFAULT_PREPROCESSING)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One mapping rule: a regex over a PyTorch *module path* -> a Keras layer path template."""
+    index: int
+    torch: re.Pattern
+    keras: str
+    transform: str
+    args: dict
+    only: tuple[str, ...] = ()
+    skip: tuple[str, ...] = ()
+
+    def applies_to(self, variant: str) -> bool:
+        if self.only and not any(fnmatch.fnmatchcase(variant, g) for g in self.only):
+            return False
+        return not any(fnmatch.fnmatchcase(variant, g) for g in self.skip)
+
+    def describe(self) -> str:
+        return f"rule #{self.index} ({self.torch.pattern!r} -> {self.keras!r}, {self.transform})"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str                  # catalogue name without weight tag, e.g. "timm/resnet50"
+    source: str                # "timm:resnet50" | "torchvision:resnet50" | "python:mod:callable"
+    source_kwargs: dict
+    builder: str               # Keras builder name registered in zoo.models
+    builder_kwargs: dict
+    license: str | None
+    input_size: int
+    preprocessing: dict
+    tolerance: float
+    recipe: "Recipe" = field(repr=False, compare=False)
+
+    @property
+    def source_kind(self) -> str:
+        return self.source.split(":", 1)[0]
+
+    @property
+    def rules(self) -> list[Rule]:
+        return [r for r in self.recipe.mapping if r.applies_to(self.name)]
+
+    def fingerprint(self) -> str:
+        """Hash of everything in the recipe that affects this variant's conversion."""
+        payload = {
+            "source": self.source, "source_kwargs": self.source_kwargs, "builder": self.builder,
+            "builder_kwargs": self.builder_kwargs, "input_size": self.input_size,
+            "preprocessing": self.preprocessing, "tolerance": self.tolerance,
+            "features": self.recipe.features, "ignore": [p.pattern for p in self.recipe.ignore],
+            "mapping": [(r.torch.pattern, r.keras, r.transform, r.args) for r in self.rules],
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path
+    family: str
+    description: str
+    classifier: str | None
+    features: list[tuple[str, str]]     # (torch module, keras layer) compared during validation
+    ignore: list[re.Pattern]
+    mapping: list[Rule]
+    variants: dict[str, Variant] = field(default_factory=dict)
+
+
+def _fail(path, where, msg):
+    raise RecipeError(f"{path}: {where}: {msg}")
+
+
+def _check_keys(path, where, data, allowed, required=()):
+    if not isinstance(data, dict):
+        _fail(path, where, f"expected a mapping, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        _fail(path, where, f"unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        _fail(path, where, f"missing required key(s) {missing}")
+
+
+def _preprocessing(path, where, data, base):
+    if data is None:
+        return dict(base)
+    _check_keys(path, f"{where}: preprocessing", data, _PREPROC_KEYS)
+    out = dict(base, **data)
+    for k in ("mean", "std"):
+        v = out[k]
+        if not (isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v)):
+            _fail(path, f"{where}: preprocessing.{k}", f"expected a list of numbers, got {v!r}")
+    if any(s <= 0 for s in out["std"]):
+        _fail(path, f"{where}: preprocessing.std", "every std must be > 0")
+    if not (0 < float(out["crop_pct"]) <= 1):
+        _fail(path, f"{where}: preprocessing.crop_pct", f"must be in (0, 1], got {out['crop_pct']}")
+    if out["interpolation"] not in ("nearest", "bilinear", "bicubic"):
+        _fail(path, f"{where}: preprocessing.interpolation",
+              f"must be nearest|bilinear|bicubic, got {out['interpolation']!r}")
+    return out
+
+
+def _positive_number(path, where, value, kind=float):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        _fail(path, where, f"expected a positive number, got {value!r}")
+    return kind(value)
+
+
+def _regex(path, where, pattern):
+    if not isinstance(pattern, str):
+        _fail(path, where, f"expected a regular expression string, got {pattern!r}")
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        _fail(path, where, f"bad regular expression {pattern!r}: {e}")
+
+
+def _rule(path, i, data) -> Rule:
+    where = f"mapping rule #{i}"
+    _check_keys(path, where, data, _RULE_KEYS, required=("torch", "keras", "transform"))
+    rx = _regex(path, f"{where}.torch", data["torch"])
+    name = data["transform"]
+    if name not in TRANSFORMS:
+        _fail(path, where, f"unknown transform {name!r}; known: {sorted(TRANSFORMS)}")
+    args = data.get("args") or {}
+    if not isinstance(args, dict):
+        _fail(path, f"{where}.args", "expected a mapping")
+    try:
+        TRANSFORMS[name].check_args(args)
+    except ValueError as e:
+        _fail(path, f"{where}.args", str(e))
+    template = data["keras"]
+    if not isinstance(template, str) or not template:
+        _fail(path, f"{where}.keras", "expected a non-empty template string")
+    # Every {n} in the template must refer to a group of the regex.
+    for ref in re.findall(r"{([^}]*)}", template):
+        ok = (ref.isdigit() and int(ref) <= rx.groups) or ref in rx.groupindex
+        if not ok:
+            _fail(path, f"{where}.keras", f"template {template!r} refers to {{{ref}}} but "
+                                          f"regex {rx.pattern!r} has {rx.groups} group(s)")
+    globs = {}
+    for k in ("only", "skip"):
+        v = data.get(k) or []
+        if isinstance(v, str):
+            v = [v]
+        if not all(isinstance(g, str) for g in v):
+            _fail(path, f"{where}.{k}", "expected a list of variant-name globs")
+        globs[k] = tuple(v)
+    return Rule(i, rx, template, name, args, globs["only"], globs["skip"])
+
+
+def _source(path, where, spec):
+    if not isinstance(spec, str) or spec.split(":", 1)[0] not in SOURCE_KINDS:
+        _fail(path, where, f"source must be 'timm:<name>', 'torchvision:<builder>' or "
+                           f"'python:<module>:<callable>', got {spec!r}")
+    parts = spec.split(":")
+    if (parts[0] == "python" and (len(parts) != 3 or not all(parts))) or \
+            (parts[0] != "python" and (len(parts) != 2 or not parts[1])):
+        _fail(path, where, f"malformed source {spec!r}")
+    return spec
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    from zoo.models import BUILDERS  # pure Python registry; the builders import keras lazily
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot read: {e}") from None
+    _check_keys(path, "top level", data, _FAMILY_KEYS, required=("family", "mapping", "variants"))
+    base_pre = _preprocessing(path, "family", data.get("preprocessing"), DEFAULT_PREPROCESSING)
+    base_tol = _positive_number(path, "tolerance", data.get("tolerance", DEFAULT_TOLERANCE))
+    base_size = _positive_number(path, "input_size", data.get("input_size", 224), int)
+
+    features = data.get("features") or []
+    if not (isinstance(features, list) and all(isinstance(f, list) and len(f) == 2 and
+                                               all(isinstance(s, str) for s in f) for f in features)):
+        _fail(path, "features", "expected a list of [torch_module, keras_layer] pairs")
+    ignore = [_regex(path, f"ignore #{i}", p) for i, p in enumerate(data.get("ignore") or [])]
+    if not isinstance(data["mapping"], list) or not data["mapping"]:
+        _fail(path, "mapping", "expected a non-empty list of rules")
+    rules = [_rule(path, i, r) for i, r in enumerate(data["mapping"])]
+
+    recipe = Recipe(path, str(data["family"]), str(data.get("description", "")),
+                    data.get("classifier"), [tuple(f) for f in features], ignore, rules)
+    if not isinstance(data["variants"], dict) or not data["variants"]:
+        _fail(path, "variants", "expected a non-empty mapping of catalogue name -> variant")
+    for name, v in data["variants"].items():
+        where = f"variant {name!r}"
+        if not re.fullmatch(r"[A-Za-z0-9_\-]+/[A-Za-z0-9_\-]+", str(name)):
+            _fail(path, where, "catalogue names look like '<source>/<arch>' (no weight tag here)")
+        _check_keys(path, where, v, _VARIANT_KEYS, required=("torch", "keras"))
+        _check_keys(path, f"{where}.torch", v["torch"], {"source", "kwargs"}, required=("source",))
+        _check_keys(path, f"{where}.keras", v["keras"], {"builder", "kwargs"},
+                    required=("builder",))
+        src = _source(path, f"{where}.torch.source", v["torch"]["source"])
+        builder = v["keras"]["builder"]
+        if builder not in BUILDERS:
+            _fail(path, f"{where}.keras.builder",
+                  f"unknown Keras builder {builder!r}; known: {sorted(BUILDERS)}")
+        for k in ("torch", "keras"):
+            if not isinstance(v[k].get("kwargs") or {}, dict):
+                _fail(path, f"{where}.{k}.kwargs", "expected a mapping")
+        recipe.variants[name] = Variant(
+            name=name, source=src, source_kwargs=dict(v["torch"].get("kwargs") or {}),
+            builder=builder, builder_kwargs=dict(v["keras"].get("kwargs") or {}),
+            license=v.get("license", data.get("license")),
+            input_size=_positive_number(path, f"{where}.input_size",
+                                        v.get("input_size", base_size), int),
+            preprocessing=_preprocessing(path, where, v.get("preprocessing"), base_pre),
+            tolerance=_positive_number(path, f"{where}.tolerance", v.get("tolerance", base_tol)),
+            recipe=recipe)
+    for r in rules:
+        for g in r.only + r.skip:
+            if not any(fnmatch.fnmatchcase(n, g) for n in recipe.variants):
+                _fail(path, f"mapping rule #{r.index}", f"glob {g!r} matches no variant")
+    return recipe
+
+
+def variant_summary(v: Variant) -> dict[str, Any]:
+    return {"name": v.name, "family": v.recipe.family, "source": v.source,
+            "builder": v.builder, "input_size": v.input_size, "license": v.license}
