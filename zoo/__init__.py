@@ -5,8 +5,14 @@ and a converting process must import torch before TensorFlow (`zoo.convert` does
 long as it is the first of the two to run).
 """
 from zoo.api import convert, create_model, list_models, preprocess
-from zoo.errors import (MappingError, RecipeError, SourceError, UnknownModelError,
-                        ValidationError, ZooError)
+from zoo.errors import (
+                        MappingError,
+                        RecipeError,
+                        SourceError,
+                        UnknownModelError,
+                        ValidationError,
+                        ZooError,
+)
 
 __version__ = "0.1.0"
 __all__ = ["convert", "create_model", "list_models", "preprocess", "ZooError", "RecipeError",

@@ -23,7 +23,8 @@ class Transform:
     doc: str
     required_args: tuple[str, ...] = ()
     optional_args: tuple[str, ...] = ()
-    check: Callable | None = field(default=None, repr=False)   # (torch_module, keras_layer, args) -> [problems]
+    # check(torch_module, keras_layer, args) -> list of problems
+    check: Callable | None = field(default=None, repr=False)
     passthrough: bool = False   # any leaf maps to the same name unchanged (identity)
 
     def check_args(self, args: dict) -> None:

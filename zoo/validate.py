@@ -19,7 +19,7 @@ def make_inputs(size: int, in_chans: int, preprocessing: dict, seed: int = 0) ->
     smooth = []
     for k in range(2):
         chans = []
-        for c in range(in_chans):
+        for _ in range(in_chans):
             f1, f2, ph = rng.uniform(0.5, 3.0), rng.uniform(0.5, 3.0), rng.uniform(0, 2 * np.pi)
             img = 0.5 + 0.25 * np.sin(2 * np.pi * (f1 * xx + f2 * yy) + ph) + 0.2 * (xx - yy) * (k - .5)
             chans.append(np.clip(img + 0.02 * rng.standard_normal(img.shape), 0, 1))

@@ -2,38 +2,22 @@
 -> parity again -> report. The Keras model is built once; nothing is written unless it passes."""
 from __future__ import annotations
 
-import platform
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from zoo.conversion.torch_first import timm, torch, torchvision  # before keras/tensorflow
+from zoo.catalog import get_variant, output_dir
 from zoo.conversion.mapping import apply_plan, plan_mapping
 from zoo.conversion.sources import load_torch_model
-from zoo.catalog import get_variant, output_dir
+from zoo.conversion.torch_first import torch  # before keras/tensorflow
 from zoo.errors import ValidationError
 from zoo.export import atomic_dir, manifest, save_model_files, write_json
 from zoo.models import get_builder
 from zoo.validate import compare_outputs, keras_outputs, make_inputs, save_golden, validate_files
+from zoo.versions import library_versions
 
 STAGES = ("load_torch", "build_keras", "map_weights", "validate", "export", "reload_validate")
 FORMAT_VERSION = 1
-
-
-def library_versions() -> dict:
-    import keras
-    import numpy
-    import tensorflow as tf
-
-    import zoo
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "timm": timm.__version__,
-            "tensorflow": tf.__version__, "keras": keras.__version__, "numpy": numpy.__version__,
-            "zoo": zoo.__version__}
-
-
-def weights_spec(weights) -> str:
-    return weights if weights in ("random", "pretrained") else "checkpoint"
 
 
 def torch_outputs(module, inputs_nhwc, feature_modules: dict[str, str]) -> dict:
@@ -65,12 +49,14 @@ def _stage(name, timings, progress):
 
 def convert(name: str, weights="random", num_classes: int | None = None,
             in_chans: int | None = None, out_dir=None, input_size: int | None = None,
-            progress=None):
+            progress=None, requested: str | None = None, warnings=()):
     """Convert catalogue model `name`; returns (keras_model, report).
 
     weights: 'random' (perturbed), 'pretrained', or a checkpoint path. out_dir: output root
     (the model goes to `<out_dir>/<name>/`), or None to convert and validate without writing.
     Raises ValidationError (with .report) if parity fails; MappingError/SourceError otherwise.
+    requested/warnings: what the user asked for when it differs from `weights` (batch `auto`) and
+    why; both are recorded in the report.
     """
     variant, tag = get_variant(name)
     timings: dict[str, float] = {}
@@ -102,10 +88,11 @@ def convert(name: str, weights="random", num_classes: int | None = None,
         "source": variant.source, "recipe": str(variant.recipe.path.name),
         "fingerprint": variant.fingerprint(),
         "weights": {"source": tm.weights, "tag": tm.tag, "checkpoint": tm.checkpoint,
-                    "spec": weights_spec(weights)},
+                    "requested": requested or (weights if weights in ("random", "pretrained")
+                                               else "checkpoint")},
         "num_classes": tm.num_classes, "in_chans": tm.in_chans, "input_size": size,
         "tolerance": variant.tolerance, "tensors_mapped": len(plan),
-        "versions": library_versions(), "warnings": tm.warnings, "parity": parity,
+        "versions": library_versions(), "warnings": list(warnings) + tm.warnings, "parity": parity,
         "timings": timings,
     }
     if not parity["in_memory"]["passed"]:

@@ -14,8 +14,8 @@ if "tensorflow" in sys.modules and not {"torchvision", "timm"} <= set(sys.module
         "segfault. Convert in a fresh process, or `import zoo.conversion.torch_first` (or torch, "
         "torchvision and timm) before anything imports tensorflow or keras.")
 
+import timm  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
-import timm  # noqa: E402
 
 __all__ = ["torch", "torchvision", "timm"]

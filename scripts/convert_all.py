@@ -1,0 +1,42 @@
+#!/usr/bin/env python
+"""Convert, validate and export the whole catalogue (or a selection), one worker process per model.
+The parent imports neither torch nor tensorflow."""
+import argparse
+import sys
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", nargs="+", metavar="GLOB", help="catalogue names to include")
+    p.add_argument("--exclude", nargs="+", metavar="GLOB", help="catalogue names to skip")
+    p.add_argument("--weights", default="auto",
+                   help="auto (pretrained where obtainable, else random with a warning), "
+                        "pretrained, random, or a DIR holding DIR/<name>.{safetensors,pth,pt,bin}")
+    p.add_argument("--jobs", type=int, default=1, help="models converted in parallel")
+    p.add_argument("--shard", metavar="K/N", help="convert only shard K of N (deterministic)")
+    p.add_argument("--resume", action="store_true",
+                   help="skip models whose outputs are complete and up to date")
+    p.add_argument("--out", default="outputs", help="output root")
+    p.add_argument("--input-size", type=int, help="validation resolution (default: each recipe's)")
+    args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error("--jobs must be >= 1")
+
+    from zoo.batch import BatchError, run_batch, select, summary_table
+    try:
+        names = select(args.only, args.exclude, args.shard)
+        if not names:
+            print("nothing to convert (selection is empty)", file=sys.stderr)
+            return 0
+        rows, code = run_batch(names, weights=args.weights, jobs=args.jobs, out=args.out,
+                               resume=args.resume, input_size=args.input_size)
+    except BatchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary_table(rows))
+    print(f"summary: {args.out}/SUMMARY.md, {args.out}/index.json")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

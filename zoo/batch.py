@@ -1,0 +1,233 @@
+"""Batch conversion of the catalogue (scripts/convert_all.py).
+
+The parent never imports torch or TensorFlow: every model runs in its own worker process
+(`zoo.conversion.worker`), so a crash or an out-of-memory kill fails that model only.
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from zoo import catalog
+from zoo.export import is_complete, sha256_file, write_json, write_text
+from zoo.versions import library_versions
+
+STAGES = ("load_torch", "build_keras", "map_weights", "validate", "export", "reload_validate")
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+class BatchError(ValueError):
+    """Bad batch arguments (unknown glob, bad shard)."""
+
+
+def select(only=None, exclude=None, shard=None) -> list[str]:
+    names = catalog.list_models()
+    if only:
+        unmatched = [g for g in only if not any(fnmatch.fnmatchcase(n, g) for n in names)]
+        if unmatched:
+            raise BatchError(f"--only {unmatched} match(es) no catalogue model")
+        names = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in only)]
+    if exclude:
+        names = [n for n in names if not any(fnmatch.fnmatchcase(n, g) for g in exclude)]
+    if shard:
+        k, n = parse_shard(shard)
+        # Hash, not position: adding a model to the catalogue does not move the others.
+        names = [m for m in names if int(hashlib.sha1(m.encode()).hexdigest(), 16) % n == k - 1]
+    return names
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise BatchError(f"--shard must look like K/N, got {text!r}") from None
+    if not (n >= 1 and 1 <= k <= n):
+        raise BatchError(f"--shard K/N needs 1 <= K <= N, got {text!r}")
+    return k, n
+
+
+def find_checkpoint(weights_dir, name) -> Path | None:
+    for suffix in CHECKPOINT_SUFFIXES:
+        p = Path(weights_dir) / f"{name}{suffix}"
+        if p.is_file():
+            return p
+    return None
+
+
+def weights_for(name, weights) -> str:
+    if weights in ("auto", "pretrained", "random"):
+        return weights
+    ckpt = find_checkpoint(weights, name)
+    if ckpt is None:
+        raise BatchError(f"no checkpoint for {name} in {weights} (looked for "
+                         f"{', '.join(name + s for s in CHECKPOINT_SUFFIXES)})")
+    return str(ckpt)
+
+
+def up_to_date(out, name, weights) -> dict | None:
+    """The previous report if outputs are complete and recipe, weights and versions unchanged."""
+    folder = catalog.output_dir(out, name)
+    if not is_complete(folder):
+        return None
+    try:
+        report = json.loads((folder / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+    variant, _ = catalog.get_variant(name)
+    w = report.get("weights", {})
+    if weights in ("auto", "pretrained", "random"):
+        same_weights = w.get("requested") == weights
+    else:
+        same_weights = (w.get("checkpoint") or {}).get("sha256") == sha256_file(weights)
+    if report.get("status") == "passed" and report.get("fingerprint") == variant.fingerprint() \
+            and same_weights and report.get("versions") == library_versions():
+        return report
+    return None
+
+
+def _summary_row(name, result) -> dict:
+    report = result.get("report") or {}
+    parity = report.get("parity") or {}
+    worst = max((p.get("max_rel", 0.0) for p in parity.values()), default=None)
+    top1 = min((p["logits"].get("top1", 1.0) for p in parity.values() if "logits" in p),
+               default=None)
+    return {"status": result["status"], "weights": (report.get("weights") or {}).get("source"),
+            "max_rel": worst, "top1": top1, "seconds": result.get("seconds"),
+            "error": ((result.get("error") or "").splitlines() or [""])[0][:300] or None,
+            "warnings": result.get("warnings") or []}
+
+
+def _fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def summary_table(rows: dict) -> str:
+    lines = ["| model | status | weights | max rel error | top-1 agreement | seconds |",
+             "|---|---|---|---|---|---|"]
+    for name in sorted(rows):
+        r = rows[name]
+        status = r["status"] + (f" ({r['error']})" if r.get("error") else "")
+        lines.append(f"| {name} | {status} | {r.get('weights') or '-'} | "
+                     f"{_fmt(r.get('max_rel'), '.2e')} | {_fmt(r.get('top1'), '.3f')} | "
+                     f"{_fmt(r.get('seconds'), '.1f')} |")
+    return "\n".join(lines) + "\n"
+
+
+class _Worker:
+    def __init__(self, name, job, tmpdir, log_dir):
+        self.name = name
+        self.result_path = Path(tmpdir) / f"{abs(hash(name))}.result.json"
+        job_path = Path(tmpdir) / f"{abs(hash(name))}.job.json"
+        job_path.write_text(json.dumps(job))
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / (name.replace("/", "__") + ".log")
+        self.log = open(self.log_path, "w")
+        self.start = time.perf_counter()
+        self.stage = "starting"
+        self.proc = subprocess.Popen([sys.executable, "-m", "zoo.conversion.worker", str(job_path),
+                                      str(self.result_path)], stdout=subprocess.PIPE,
+                                     stderr=self.log, text=True, env={**os.environ,
+                                                                      "TF_CPP_MIN_LOG_LEVEL": "2"})
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            if line.startswith("@@stage "):
+                self.stage = line.split(None, 1)[1].strip()
+            else:
+                self.log.write(line)
+
+    def result(self) -> dict:
+        self.log.close()
+        if self.result_path.is_file():
+            return json.loads(self.result_path.read_text())
+        code = self.proc.returncode
+        if code < 0:
+            sig = signal.Signals(-code).name
+            why = f"worker killed by {sig}" + (" (out of memory?)" if sig == "SIGKILL" else "")
+        else:
+            why = f"worker exited with code {code} without a result"
+        tail = self.log_path.read_text().strip().splitlines()[-3:]
+        return {"name": self.name, "status": "crashed", "error": f"{why}; log {self.log_path}: "
+                + " | ".join(tail), "seconds": round(time.perf_counter() - self.start, 2)}
+
+
+def run_batch(names, weights="auto", jobs=1, out="outputs", resume=False, input_size=None,
+              num_classes=None, stream=None) -> tuple[dict, int]:
+    """Convert `names`; returns ({name: summary row}, exit code)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, queue = {}, []
+    for name in names:
+        w = weights_for(name, weights)
+        prev = up_to_date(out, name, w) if resume else None
+        if prev is not None:
+            rows[name] = dict(_summary_row(name, {"status": "passed", "report": prev}),
+                              status="up to date", seconds=0.0)
+        else:
+            queue.append((name, {"name": name, "weights": w, "out": str(out),
+                                 "input_size": input_size, "num_classes": num_classes}))
+    stream = stream or sys.stderr
+    overall = tqdm(total=len(names), desc="models", unit="model", position=0, file=stream,
+                   initial=len(rows))
+    slots = [tqdm(total=len(STAGES), position=i + 1, leave=False, file=stream,
+                  bar_format="  {desc}: {n_fmt}/{total_fmt} stages") for i in range(jobs)]
+    running: dict[int, _Worker] = {}
+    with tempfile.TemporaryDirectory(prefix="zoo-batch-") as tmp:
+        while queue or running:
+            for i in range(jobs):
+                if i not in running and queue:
+                    name, job = queue.pop(0)
+                    running[i] = _Worker(name, job, tmp, out / ".logs")
+            time.sleep(0.2)
+            for i, w in list(running.items()):
+                desc = f"{w.name} [{w.stage}]"
+                if slots[i].desc != desc:   # redraw on change only: CI logs stay readable
+                    slots[i].set_description_str(desc, refresh=False)
+                    slots[i].n = STAGES.index(w.stage) if w.stage in STAGES else 0
+                    slots[i].refresh()
+                if w.proc.poll() is None:
+                    continue
+                result = w.result()
+                rows[w.name] = _summary_row(w.name, result)
+                for msg in rows[w.name]["warnings"]:
+                    if "RANDOM" in msg:
+                        tqdm.write(f"WARNING: {msg}", file=stream)
+                if result["status"] != "passed":
+                    tqdm.write(f"FAILED {w.name}: {rows[w.name]['error']}", file=stream)
+                overall.update(1)
+                del running[i]
+    for bar in slots:
+        bar.close()
+    overall.close()
+    _write_index(out, rows)
+    failed = [n for n, r in rows.items() if r["status"] not in ("passed", "up to date")]
+    return rows, (1 if failed else 0)
+
+
+def _write_index(out: Path, rows: dict) -> None:
+    """Merge this run into outputs/index.json (shards and resumed runs accumulate)."""
+    index_path = out / "index.json"
+    models = {}
+    if index_path.is_file():
+        try:
+            models = json.loads(index_path.read_text()).get("models", {})
+        except ValueError:
+            models = {}
+    for name, row in rows.items():
+        if row["status"] == "up to date" and name in models:
+            continue
+        models[name] = {k: v for k, v in row.items()}
+    write_json(index_path, {"models": models})
+    write_text(out / "SUMMARY.md", "# Conversion summary\n\n" + summary_table(models))

@@ -1,0 +1,66 @@
+"""One model of a batch, in its own process: `python -m zoo.conversion.worker JOB.json RESULT.json`.
+
+Prints `@@stage <name>` lines for the parent's progress bar and writes a small result JSON; a
+crash or an out-of-memory kill leaves no result file, which the parent reports."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+
+from zoo.conversion.torch_first import torch  # noqa: F401 - before anything imports keras
+
+
+def resolve_weights(name: str, requested: str) -> tuple[str, list[str]]:
+    """auto -> pretrained when obtainable here, else random with a loud warning."""
+    if requested != "auto":
+        return requested, []
+    from zoo.catalog import get_variant
+    from zoo.conversion.sources import pretrained_possible
+
+    variant, tag = get_variant(name)
+    if pretrained_possible(variant, tag):
+        return "pretrained", []
+    return "random", [f"{name}: pretrained weights cannot be obtained here (not cached, host "
+                      f"unreachable): FELL BACK TO RANDOM WEIGHTS (parity test only, not for use)"]
+
+
+def run(job: dict) -> dict:
+    from zoo.conversion.pipeline import convert
+    from zoo.errors import ValidationError, ZooError
+
+    t0 = time.perf_counter()
+    result = {"name": job["name"], "status": "failed", "weights_requested": job["weights"]}
+    try:
+        weights, warnings = resolve_weights(job["name"], job["weights"])
+        result["warnings"] = warnings
+        _model, report = convert(job["name"], weights=weights, out_dir=job["out"],
+                                 num_classes=job.get("num_classes"),
+                                 input_size=job.get("input_size"), requested=job["weights"]
+                                 if job["weights"] == "auto" else None, warnings=warnings,
+                                 progress=lambda s: print(f"@@stage {s}", flush=True))
+        result.update(status="passed", report=report)
+        result["warnings"] = report.get("warnings", [])
+    except ValidationError as e:
+        result.update(error=str(e), report=e.report)
+    except ZooError as e:
+        result["error"] = f"{type(e).__name__}: {e}"
+    except Exception as e:  # noqa: BLE001 - a batch reports every failure and goes on
+        result["error"] = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    return result
+
+
+def main(argv=None):
+    job_path, result_path = (argv or sys.argv[1:])[:2]
+    with open(job_path) as f:
+        job = json.load(f)
+    result = run(job)
+    from zoo.export import write_json
+    write_json(result_path, result)
+    return 0 if result["status"] == "passed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
