@@ -75,7 +75,7 @@ def weights_for(name, weights) -> str:
     return str(ckpt)
 
 
-def up_to_date(out, name, weights) -> dict | None:
+def up_to_date(out, name, weights, input_size=None, num_classes=None) -> dict | None:
     """The previous report if outputs are complete and recipe, weights and versions unchanged."""
     folder = catalog.output_dir(out, name)
     if not is_complete(folder):
@@ -90,8 +90,10 @@ def up_to_date(out, name, weights) -> dict | None:
         same_weights = w.get("requested") == weights
     else:
         same_weights = (w.get("checkpoint") or {}).get("sha256") == sha256_file(weights)
+    same_shape = report.get("input_size") == (input_size or variant.input_size) and \
+        (num_classes is None or report.get("num_classes") == num_classes)
     if report.get("status") == "passed" and report.get("fingerprint") == variant.fingerprint() \
-            and same_weights and report.get("versions") == library_versions():
+            and same_weights and same_shape and report.get("versions") == library_versions():
         return report
     return None
 
@@ -171,7 +173,7 @@ def run_batch(names, weights="auto", jobs=1, out="outputs", resume=False, input_
     rows, queue = {}, []
     for name in names:
         w = weights_for(name, weights)
-        prev = up_to_date(out, name, w) if resume else None
+        prev = up_to_date(out, name, w, input_size, num_classes) if resume else None
         if prev is not None:
             rows[name] = dict(_summary_row(name, {"status": "passed", "report": prev}),
                               status="up to date", seconds=0.0)

@@ -260,7 +260,9 @@ def load_torch_model(variant: Variant, tag: str | None, weights: str,
                      num_classes: int | None = None, in_chans: int | None = None) -> TorchModel:
     """weights: 'random' (perturbed), 'pretrained', or a checkpoint path."""
     if weights == "random":
-        module = _build_random(variant, tag, num_classes, in_chans)
+        with torch.random.fork_rng(devices=[]):   # reproducible init, caller's RNG untouched
+            torch.manual_seed(PERTURB_SEED)
+            module = _build_random(variant, tag, num_classes, in_chans)
         perturb_(module)
         kind, ckpt = "random", None
     elif weights == "pretrained":

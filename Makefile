@@ -1,0 +1,32 @@
+# Quick start: `make convert` (the whole catalogue) and `make test`. Both create .venv if needed.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+ARGS   ?=
+
+.PHONY: setup convert test validate lint clean
+
+setup: $(STAMP)
+
+# torch is pinned to the release on this machine's disk (any other is a multi-GB download).
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[convert,test]'
+	touch $(STAMP)
+
+convert: $(STAMP)
+	$(PY) scripts/convert_all.py $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+validate: $(STAMP)
+	$(PY) scripts/validate_all.py $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check zoo scripts tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache
