@@ -57,8 +57,7 @@ def create_model(name, pretrained=False, num_classes=None, include_top=True, inp
                        "with scripts/convert.py and pass pretrained='outputs/<name>'")
     if pretrained:
         config, weights = _config_for(pretrained)
-        if config.get("builder") != variant.builder or config.get("family") != \
-                variant.recipe.family:
+        if catalog.split_name(config.get("name", ""))[0] != variant.name:
             raise ZooError(f"{pretrained} holds a {config.get('name')} model, not {name}")
         kwargs = dict(config["builder_kwargs"])
         kwargs.pop("input_shape", None)

@@ -1,0 +1,104 @@
+"""scripts/convert_all.py: worker per model, failures reported and survived, resume, shards."""
+import json
+import os
+
+import pytest
+import yaml
+
+from zoo import catalog
+from zoo.batch import BatchError, select
+
+from helpers import ROOT, SMALL, run_script
+
+CRASHING_MODULE = '''
+import os, signal
+def make(**kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)   # what the kernel's OOM killer does
+'''
+
+
+@pytest.fixture
+def extra_recipes(tmp_path):
+    """One variant with a wrong builder (mapping fails) and one whose worker dies."""
+    data = yaml.safe_load((ROOT / "recipes" / "resnet.yaml").read_text())
+    data["mapping"] = [r for r in data["mapping"] if "only" not in r]
+    for r in data["mapping"]:
+        r.pop("skip", None)
+    broken = dict(data["variants"]["timm/resnet18"])
+    broken["keras"] = {"builder": "resnet", "kwargs": {"block": "basic", "depths": [2, 2, 2, 1]}}
+    crash = {"torch": {"source": "python:crashmod:make"}, "keras": broken["keras"]}
+    data["variants"] = {"test/broken": broken, "test/crash": crash}
+    d = tmp_path / "recipes"
+    d.mkdir()
+    (d / "broken.yaml").write_text(yaml.safe_dump(data))
+    (tmp_path / "crashmod.py").write_text(CRASHING_MODULE)
+    return {"ZOO_RECIPE_PATH": str(d),
+            "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_batch_survives_failures_and_resumes(tmp_path, extra_recipes):
+    out = tmp_path / "out"
+    args = ["--only", "timm/resnet18", "torchvision/resnet18", "test/*", "--weights", "random",
+            "--input-size", SMALL, "--jobs", 2, "--out", out]
+    proc = run_script("convert_all.py", *args, env=extra_recipes)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    index = json.loads((out / "index.json").read_text())["models"]
+    assert index["timm/resnet18"]["status"] == "passed"
+    assert index["torchvision/resnet18"]["status"] == "passed"
+    assert index["test/broken"]["status"] == "failed"
+    assert "MappingError" in index["test/broken"]["error"]
+    assert index["test/crash"]["status"] == "crashed"
+    assert "SIGKILL" in index["test/crash"]["error"]
+    assert index["timm/resnet18"]["max_rel"] < 1e-5 and index["timm/resnet18"]["top1"] == 1.0
+    # Nothing half-written: failed models have no folder, no temp folders anywhere.
+    assert not (out / "test").exists()
+    assert not [p for p in out.rglob(".*") if p.name != ".logs" and ".logs" not in p.parts]
+    summary = (out / "SUMMARY.md").read_text()
+    assert "| timm/resnet18 | passed | random |" in summary and "test/crash | crashed" in summary
+    assert "| model | status | weights | max rel error | top-1 agreement | seconds |" in proc.stdout
+
+    # --resume: complete, unchanged models are skipped; failed ones are retried.
+    before = (out / "timm/resnet18/model.weights.h5").stat().st_mtime_ns
+    proc = run_script("convert_all.py", *args, "--resume", env=extra_recipes)
+    assert proc.returncode == 1
+    index = json.loads((out / "index.json").read_text())["models"]
+    assert "timm/resnet18 | up to date" in proc.stdout
+    assert (out / "timm/resnet18/model.weights.h5").stat().st_mtime_ns == before
+    assert index["test/broken"]["status"] == "failed"
+
+    # A different validation resolution is not "up to date".
+    proc = run_script("convert_all.py", "--only", "timm/resnet18", "--weights", "random",
+                      "--input-size", 32, "--out", out, "--resume")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "timm/resnet18 | passed" in proc.stdout
+    assert json.loads((out / "timm/resnet18/report.json").read_text())["input_size"] == 32
+
+    # validate_all re-checks every model from disk, without torch.
+    proc = run_script("validate_all.py", "--out", out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert "2/2 models pass" in proc.stdout
+
+
+def test_shards_partition_the_catalogue():
+    everything = catalog.list_models()
+    shards = [select(shard=f"{k}/3") for k in (1, 2, 3)]
+    assert sorted(sum(shards, [])) == everything
+    assert all(set(a).isdisjoint(b) for i, a in enumerate(shards) for b in shards[i + 1:])
+    assert select(shard="2/3") == shards[1]   # deterministic
+
+
+def test_bad_batch_arguments():
+    with pytest.raises(BatchError, match="K/N"):
+        select(shard="3")
+    with pytest.raises(BatchError, match="1 <= K <= N"):
+        select(shard="4/3")
+    with pytest.raises(BatchError, match="no catalogue model"):
+        select(only=["timm/nonexistent*"])
+    proc = run_script("convert_all.py", "--only", "nope/*")
+    assert proc.returncode == 2 and "no catalogue model" in proc.stderr
+
+
+def test_weights_dir_without_a_checkpoint_is_an_error(tmp_path):
+    proc = run_script("convert_all.py", "--only", "timm/resnet18", "--weights", tmp_path,
+                      "--out", tmp_path / "out")
+    assert proc.returncode == 2 and "no checkpoint for timm/resnet18" in proc.stderr
