@@ -4,9 +4,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # torch, torchvision and timm must be imported before tensorflow/keras (else: segfault).
-import zoo.conversion.torch_first  # noqa: E402,F401
-
 import pytest  # noqa: E402
+
+import zoo.conversion.torch_first  # noqa: E402,F401
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # tests/helpers.py
 

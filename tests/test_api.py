@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 import zoo
-
 from helpers import run_python, run_script
 
 BLOCK_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None; " \

@@ -5,10 +5,9 @@ import os
 import pytest
 import yaml
 
+from helpers import ROOT, SMALL, run_script
 from zoo import catalog
 from zoo.batch import BatchError, select
-
-from helpers import ROOT, SMALL, run_script
 
 CRASHING_MODULE = '''
 import os, signal

@@ -8,7 +8,6 @@ import torchvision
 from safetensors.torch import save_file
 
 import zoo
-
 from helpers import SMALL, run_script
 
 

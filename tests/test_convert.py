@@ -7,10 +7,9 @@ import torch
 import yaml
 
 import zoo
+from helpers import ROOT, SMALL
 from zoo.catalog import get_variant
 from zoo.conversion.sources import load_torch_model
-
-from helpers import ROOT, SMALL
 
 FILES = {"model.weights.h5", "model.keras", "saved_model", "config.json", "golden.npz",
          "report.json"}
