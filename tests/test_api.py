@@ -109,3 +109,12 @@ def test_validate_all_detects_a_tampered_model(converted, tmp_path):
     np.savez(dst / "golden.npz", **arrays)
     proc = run_script("validate_all.py", "--out", tmp_path)
     assert proc.returncode == 1 and "FAILED torchvision/resnet18" in proc.stdout + proc.stderr
+
+
+def test_readme_catalogue_lists_every_model():
+    from helpers import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    table = text.split("<!-- catalogue:start -->")[1].split("<!-- catalogue:end -->")[0]
+    listed = [line.split("`")[1] for line in table.splitlines() if line.startswith("| `")]
+    assert listed == zoo.list_models()
