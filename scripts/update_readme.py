@@ -14,8 +14,8 @@ START, END = "<!-- catalogue:start -->", "<!-- catalogue:end -->"
 def table(index: dict) -> str:
     from zoo.catalog import get_variant, list_models
 
-    rows = ["| model | PyTorch source | Keras builder | weights converted | max rel error | top-1 agreement |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| model | PyTorch source | Keras builder | weights converted | max rel error "
+            "| top-1 agreement |", "|---|---|---|---|---|---|"]
     for name in list_models():
         v, _ = get_variant(name)
         r = index.get(name, {})
