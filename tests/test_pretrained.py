@@ -9,9 +9,8 @@ import torchvision
 from safetensors.torch import save_file
 
 import zoo
-from zoo.conversion.sources import perturb_
-
 from helpers import SMALL, run_script
+from zoo.conversion.sources import perturb_
 
 
 @pytest.fixture(scope="module")
