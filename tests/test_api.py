@@ -18,10 +18,11 @@ import numpy as np, keras, zoo
 from zoo.validate import load_golden, validate_files
 d = {str(out_dir)!r}
 inputs, ref = load_golden(d)
+import zoo.layers
+k = keras.saving.load_model(d + '/model.keras', safe_mode=True)
 m = zoo.create_model('timm/resnet18', pretrained=d)
 got = m.predict_on_batch(inputs)
 assert np.abs(got - ref['logits']).max() / np.abs(ref['logits']).max() < 1e-5
-k = keras.saving.load_model(d + '/model.keras', safe_mode=True)
 assert np.allclose(k.predict_on_batch(inputs), got, atol=1e-5)
 res = validate_files(d)
 assert all(r['passed'] for r in res.values()), res

@@ -29,8 +29,8 @@ DEFAULT_PREPROCESSING = {
 
 _FAMILY_KEYS = {"family", "description", "license", "input_size", "preprocessing", "tolerance",
                 "classifier", "features", "ignore", "mapping", "variants"}
-_VARIANT_KEYS = {"torch", "keras", "license", "input_size", "preprocessing", "tolerance"}
-_RULE_KEYS = {"torch", "keras", "transform", "args", "only", "skip", "note"}
+_VARIANT_KEYS = {"torch", "keras", "license", "input_size", "preprocessing", "tolerance", "features"}
+_RULE_KEYS = {"torch", "keras", "transform", "args", "only", "skip", "module_type", "note"}
 _PREPROC_KEYS = set(DEFAULT_PREPROCESSING)
 
 
@@ -44,6 +44,7 @@ class Rule:
     args: dict
     only: tuple[str, ...] = ()
     skip: tuple[str, ...] = ()
+    module_type: str | None = None   # torch module class name the rule is restricted to
 
     def applies_to(self, variant: str) -> bool:
         if self.only and not any(fnmatch.fnmatchcase(variant, g) for g in self.only):
@@ -65,6 +66,7 @@ class Variant:
     input_size: int
     preprocessing: dict
     tolerance: float
+    features: list[tuple[str, str]]     # (torch module, keras layer) compared during validation
     recipe: "Recipe" = field(repr=False, compare=False)
 
     @property
@@ -81,8 +83,9 @@ class Variant:
             "source": self.source, "source_kwargs": self.source_kwargs, "builder": self.builder,
             "builder_kwargs": self.builder_kwargs, "input_size": self.input_size,
             "preprocessing": self.preprocessing, "tolerance": self.tolerance,
-            "features": self.recipe.features, "ignore": [p.pattern for p in self.recipe.ignore],
-            "mapping": [(r.torch.pattern, r.keras, r.transform, r.args) for r in self.rules],
+            "features": self.features, "ignore": [p.pattern for p in self.recipe.ignore],
+            "mapping": [(r.torch.pattern, r.keras, r.transform, r.args, r.module_type)
+                        for r in self.rules],
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -93,7 +96,7 @@ class Recipe:
     family: str
     description: str
     classifier: str | None
-    features: list[tuple[str, str]]     # (torch module, keras layer) compared during validation
+    features: list[tuple[str, str]]     # family default; variants may override
     ignore: list[re.Pattern]
     mapping: list[Rule]
     variants: dict[str, Variant] = field(default_factory=dict)
@@ -179,7 +182,10 @@ def _rule(path, i, data) -> Rule:
         if not all(isinstance(g, str) for g in v):
             _fail(path, f"{where}.{k}", "expected a list of variant-name globs")
         globs[k] = tuple(v)
-    return Rule(i, rx, template, name, args, globs["only"], globs["skip"])
+    module_type = data.get("module_type")
+    if module_type is not None and not (isinstance(module_type, str) and module_type.isidentifier()):
+        _fail(path, f"{where}.module_type", f"expected a torch module class name, got {module_type!r}")
+    return Rule(i, rx, template, name, args, globs["only"], globs["skip"], module_type)
 
 
 def _source(path, where, spec):
@@ -191,6 +197,13 @@ def _source(path, where, spec):
             (parts[0] != "python" and (len(parts) != 2 or not parts[1])):
         _fail(path, where, f"malformed source {spec!r}")
     return spec
+
+
+def _features(path, where, features):
+    if not (isinstance(features, list) and all(isinstance(f, list) and len(f) == 2 and
+                                               all(isinstance(s, str) for s in f) for f in features)):
+        _fail(path, where, "expected a list of [torch_module, keras_layer] pairs")
+    return [tuple(f) for f in features]
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -208,17 +221,14 @@ def load_recipe(path: str | Path) -> Recipe:
     base_tol = _positive_number(path, "tolerance", data.get("tolerance", DEFAULT_TOLERANCE))
     base_size = _positive_number(path, "input_size", data.get("input_size", 224), int)
 
-    features = data.get("features") or []
-    if not (isinstance(features, list) and all(isinstance(f, list) and len(f) == 2 and
-                                               all(isinstance(s, str) for s in f) for f in features)):
-        _fail(path, "features", "expected a list of [torch_module, keras_layer] pairs")
+    features = _features(path, "features", data.get("features") or [])
     ignore = [_regex(path, f"ignore #{i}", p) for i, p in enumerate(data.get("ignore") or [])]
     if not isinstance(data["mapping"], list) or not data["mapping"]:
         _fail(path, "mapping", "expected a non-empty list of rules")
     rules = [_rule(path, i, r) for i, r in enumerate(data["mapping"])]
 
     recipe = Recipe(path, str(data["family"]), str(data.get("description", "")),
-                    data.get("classifier"), [tuple(f) for f in features], ignore, rules)
+                    data.get("classifier"), features, ignore, rules)
     if not isinstance(data["variants"], dict) or not data["variants"]:
         _fail(path, "variants", "expected a non-empty mapping of catalogue name -> variant")
     for name, v in data["variants"].items():
@@ -245,6 +255,8 @@ def load_recipe(path: str | Path) -> Recipe:
                                         v.get("input_size", base_size), int),
             preprocessing=_preprocessing(path, where, v.get("preprocessing"), base_pre),
             tolerance=_positive_number(path, f"{where}.tolerance", v.get("tolerance", base_tol)),
+            features=_features(path, f"{where}.features", v["features"]) if "features" in v
+            else features,
             recipe=recipe)
     for r in rules:
         for g in r.only + r.skip:

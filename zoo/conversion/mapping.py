@@ -41,11 +41,19 @@ def _owners(model):
     return owner
 
 
-def match_module(module: str, rules: list[Rule]):
+def match_module(module: str, rules: list[Rule], modules: dict | None = None):
+    """First rule whose regex full-matches `module` (and whose module_type fits, if set)."""
     for rule in rules:
         m = rule.torch.fullmatch(module)
-        if m:
-            return rule, m
+        if not m:
+            continue
+        if rule.module_type:
+            if modules is None:
+                raise MappingError(f"{rule.describe()} has module_type {rule.module_type!r}: "
+                                   "the torch modules are needed to apply it")
+            if type(modules.get(module)).__name__ != rule.module_type:
+                continue
+        return rule, m
     return None, None
 
 
@@ -66,7 +74,7 @@ def plan_mapping(state: dict[str, np.ndarray], model, rules: list[Rule], ignore,
         by_module.setdefault(module, {})[leaf] = key
 
     for module, leaves in by_module.items():
-        rule, m = match_module(module, rules)
+        rule, m = match_module(module, rules, modules)
         if rule is None:
             errors.append(f"no mapping rule matches torch module {module!r} "
                           f"(tensors: {', '.join(leaves.values())})")

@@ -75,7 +75,7 @@ def convert(name: str, weights="random", num_classes: int | None = None,
         apply_plan(model, plan)
 
     size = input_size or variant.input_size
-    features = dict(variant.recipe.features)
+    features = dict(variant.features)
     with _stage("validate", timings, progress):
         inputs = make_inputs(size, tm.in_chans, tm.preprocessing)
         ref = torch_outputs(tm.module, inputs, features)
