@@ -73,10 +73,9 @@ def test_create_model_keras_applications_arguments(converted):
 
 def test_list_models_and_unknown_names():
     names = zoo.list_models()
-    assert len(names) == 13 and "timm/seresnext50_32x4d" in names
-    assert zoo.list_models("torchvision/*") == ["torchvision/resnet18", "torchvision/resnet50",
-                                                "torchvision/resnext50_32x4d",
-                                                "torchvision/wide_resnet50_2"]
+    assert names == sorted(names) and "timm/seresnext50_32x4d" in names
+    assert zoo.list_models("torchvision/res*") == ["torchvision/resnet18", "torchvision/resnet50",
+                                                   "torchvision/resnext50_32x4d"]
     with pytest.raises(zoo.UnknownModelError, match="did you mean"):
         zoo.create_model("timm/resnet19")
 

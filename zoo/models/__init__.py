@@ -6,6 +6,23 @@ import importlib
 
 BUILDERS: dict[str, str] = {
     "resnet": "zoo.models.resnet:resnet",
+    "vgg": "zoo.models.vgg:vgg",
+    "alexnet": "zoo.models.alexnet:alexnet",
+    "squeezenet": "zoo.models.squeezenet:squeezenet",
+    "googlenet": "zoo.models.googlenet:googlenet",
+    "inception_v3": "zoo.models.inception:inception_v3",
+    "densenet": "zoo.models.densenet:densenet",
+    "mobilenet_v2": "zoo.models.mobilenet:mobilenet_v2",
+    "mobilenet_v3": "zoo.models.mobilenet:mobilenet_v3",
+    "mnasnet": "zoo.models.mnasnet:mnasnet",
+    "shufflenet_v2": "zoo.models.shufflenet:shufflenet_v2",
+    "efficientnet": "zoo.models.efficientnet:efficientnet",
+    "efficientnet_v2": "zoo.models.efficientnet:efficientnet_v2",
+    "regnet": "zoo.models.regnet:regnet",
+    "convnext": "zoo.models.convnext:convnext",
+    "resnetv2": "zoo.models.resnetv2:resnetv2",
+    "cspnet": "zoo.models.cspnet:cspnet",
+    "xception": "zoo.models.xception:xception",
 }
 
 
