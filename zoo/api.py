@@ -41,7 +41,7 @@ def create_model(name, pretrained=False, num_classes=None, include_top=True, inp
     """A Keras model for catalogue `name`, keras.applications-style.
 
     pretrained: False (random init), a local `.weights.h5` file or `outputs/<name>` folder, or True
-    (published weights: not available yet, see the publish/download issue).
+    (published weights, downloaded and cached by `zoo.hub`; never a silent random fallback).
     The model takes normalised NHWC input (see `zoo.preprocess`) and returns logits.
     """
     import keras
@@ -53,8 +53,8 @@ def create_model(name, pretrained=False, num_classes=None, include_top=True, inp
     kwargs = dict(variant.builder_kwargs)
     weights = None
     if pretrained is True:
-        raise ZooError("downloading published weights is not available yet; convert the model "
-                       "with scripts/convert.py and pass pretrained='outputs/<name>'")
+        from zoo import hub
+        pretrained = hub.fetch(name)
     if pretrained:
         config, weights = _config_for(pretrained)
         if catalog.split_name(config.get("name", ""))[0] != variant.name:

@@ -1,0 +1,220 @@
+"""Publish converted models, serve the release over real HTTP on 127.0.0.1, download them."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from release_server import ReleaseServer
+
+import zoo
+from helpers import ROOT, run_python, run_script
+from zoo import hub
+from zoo.publish import build_release
+
+NAME = "timm/resnet18"
+WEIGHTS = f"/models/{NAME}/model.weights.h5"
+
+
+@pytest.fixture(scope="module")
+def release(converted, tmp_path_factory):
+    out_dir, _ = converted(NAME)
+    rel = tmp_path_factory.mktemp("release")
+    build_release([converted.root], rel, version="test", allow_random=True)
+    return rel
+
+
+@pytest.fixture
+def server(release, monkeypatch, tmp_path):
+    with ReleaseServer(release) as srv:
+        monkeypatch.setenv("ZOO_WEIGHTS_URL", srv.url)
+        monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+        monkeypatch.delenv("ZOO_OFFLINE", raising=False)
+        monkeypatch.setattr(hub, "BACKOFF", 0.05)
+        yield srv
+
+
+def _golden(converted):
+    out_dir, _ = converted(NAME)
+    with np.load(out_dir / "golden.npz") as z:
+        return z["inputs"], z["logits"]
+
+
+def _cached_files(tmp_path):
+    return sorted(p.relative_to(tmp_path / "cache").as_posix()
+                  for p in (tmp_path / "cache").rglob("*") if p.is_file())
+
+
+# ------------------------------------------------------------------------ publish
+
+def test_publish_refuses_random_unless_allowed_and_is_idempotent(converted, tmp_path):
+    converted(NAME)
+    rel = tmp_path / "rel"
+    proc = run_script("publish.py", "--out", converted.root, "--release", rel)
+    assert proc.returncode == 1 and "random weights" in proc.stderr
+    assert json.loads((rel / "index.json").read_text())["models"] == {}
+    proc = run_script("publish.py", "--out", converted.root, "--release", rel, "--allow-random",
+                      "--saved-model", "--version", "1.0")
+    assert proc.returncode == 0, proc.stderr
+    first = (rel / "index.json").read_bytes()
+    card = (rel / "models" / NAME / "README.md").read_text()
+    assert "Random weights" in card and "apache-2.0" in card and "max rel error" in card
+    index = json.loads(first)
+    entry = index["models"][NAME]
+    assert entry["random"] is True and index["version"] == "1.0"
+    assert set(entry["files"]) == {"model.weights.h5", "config.json", "README.md",
+                                   "saved_model.tar.gz"}
+    for meta in entry["files"].values():
+        assert (rel / meta["path"]).stat().st_size == meta["bytes"]
+    run_script("publish.py", "--out", converted.root, "--release", rel, "--allow-random",
+               "--saved-model", "--version", "1.0")
+    assert (rel / "index.json").read_bytes() == first
+    # without credentials, --to says so and leaves the local release ready
+    proc = run_script("publish.py", "--out", converted.root, "--release", rel, "--allow-random",
+                      "--to", "hf://someone/zoo", env={"HF_TOKEN": "", "HF_HOME": str(tmp_path)})
+    assert proc.returncode == 0 and "no Hugging Face credentials" in proc.stdout
+
+
+def test_publish_refuses_failed_or_tampered_models_and_merges_shards(converted, tmp_path):
+    src, _ = converted(NAME)
+    shard_a, shard_b, shard_c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    shutil.copytree(src, shard_a / NAME)
+    tv_src, _ = converted("torchvision/resnet18")
+    shutil.copytree(tv_src, shard_b / "torchvision/resnet18")
+    index, refused = build_release([shard_a, shard_b], tmp_path / "rel", allow_random=True)
+    assert set(index["models"]) == {NAME, "torchvision/resnet18"} and not refused
+
+    failed = shard_c / "timm/failed"
+    shutil.copytree(src, failed)
+    report = json.loads((failed / "report.json").read_text())
+    report["status"] = "failed"
+    (failed / "report.json").write_text(json.dumps(report))
+    tampered = shard_c / "timm/tampered"
+    shutil.copytree(src, tampered)
+    with open(tampered / "model.weights.h5", "r+b") as f:
+        f.seek(5000)
+        f.write(b"\x00" * 16)
+    _, refused = build_release([shard_c], tmp_path / "rel2", allow_random=True)
+    assert "failed validation" in refused["timm/failed"]
+    assert "changed since it was validated" in refused["timm/tampered"]
+
+
+# ------------------------------------------------------------------------ download
+
+def test_download_in_fresh_cache_predicts_what_was_recorded(server, converted, tmp_path):
+    inputs, logits = _golden(converted)
+    model = zoo.create_model(NAME, pretrained=True)
+    got = model.predict_on_batch(inputs)
+    assert np.abs(got - logits).max() / np.abs(logits).max() < 1e-5
+    assert f"models/{NAME}/model.weights.h5" in _cached_files(tmp_path)
+    # a second call is served from the cache (only the index is refreshed)
+    n = len(server.requests)
+    zoo.create_model(NAME, pretrained=True)
+    assert [p for p, _ in server.requests[n:]] == ["/index.json"]
+
+
+def test_corrupted_file_is_an_error_and_nothing_is_cached(server, tmp_path):
+    server.faults[WEIGHTS] = ["corrupt"]
+    with pytest.raises(hub.DownloadError, match="checksum mismatch"):
+        hub.fetch(NAME)
+    assert not any(f.endswith((".h5", ".part")) for f in _cached_files(tmp_path))
+
+
+def test_two_server_errors_then_success(server):
+    server.faults[WEIGHTS] = ["500", "500"]
+    hub.fetch(NAME)
+    assert [p for p, _ in server.requests].count(WEIGHTS) == 3
+
+
+def test_dropped_connection_is_resumed_with_range(server, tmp_path):
+    server.faults[WEIGHTS] = ["drop"]
+    folder = hub.fetch(NAME)
+    ranges = [r for p, r in server.requests if p == WEIGHTS]
+    assert ranges[0] is None and ranges[1] and ranges[1].startswith("bytes=")
+    assert int(ranges[1][len("bytes="):-1]) > 0
+    meta = json.loads((tmp_path / "cache" / "index.json").read_text())["models"][NAME]
+    assert hub._sha256(folder / "model.weights.h5") == meta["files"]["model.weights.h5"]["sha256"]
+
+
+def test_offline_with_and_without_cache(server, monkeypatch, converted):
+    monkeypatch.setenv("ZOO_OFFLINE", "1")
+    with pytest.raises(hub.DownloadError, match="offline .* missing"):
+        zoo.create_model(NAME, pretrained=True)
+    monkeypatch.delenv("ZOO_OFFLINE")
+    hub.fetch(NAME)
+    monkeypatch.setenv("ZOO_OFFLINE", "1")
+    n = len(server.requests)
+    inputs, logits = _golden(converted)
+    got = zoo.create_model(NAME, pretrained=True).predict_on_batch(inputs)
+    assert len(server.requests) == n   # no network at all
+    assert np.abs(got - logits).max() / np.abs(logits).max() < 1e-5
+
+
+def test_two_processes_downloading_at_once(server, tmp_path):
+    code = f"from zoo import hub; print(hub.fetch({NAME!r}))"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    files = _cached_files(tmp_path)
+    assert not [f for f in files if f.endswith(".part")]
+    assert files.count(f"models/{NAME}/model.weights.h5") == 1
+    assert [p for p, _ in server.requests].count(WEIGHTS) == 1   # the second waited, then reused
+
+
+def test_malicious_index_is_refused(server, release, tmp_path):
+    evil = tmp_path / "evil_release"
+    shutil.copytree(release, evil)
+    index = json.loads((evil / "index.json").read_text())
+    for bad in ("../../escaped.h5", "/etc/passwd", "models/../../x.h5"):
+        index["models"][NAME]["files"]["model.weights.h5"]["path"] = bad
+        (evil / "index.json").write_text(json.dumps(index))
+        with ReleaseServer(evil) as srv:
+            os.environ["ZOO_WEIGHTS_URL"] = srv.url
+            with pytest.raises(hub.DownloadError, match="unsafe path"):
+                hub.fetch(NAME)
+    assert not (tmp_path / "escaped.h5").exists()
+    os.environ["ZOO_WEIGHTS_URL"] = server.url
+    # a symlink planted inside the cache cannot redirect a write outside it
+    (tmp_path / "cache" / "models" / "timm").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    os.symlink(tmp_path / "outside", tmp_path / "cache" / "models" / "timm" / "resnet18")
+    with pytest.raises(hub.DownloadError, match="symbolic link"):
+        hub.fetch(NAME)
+    assert not any((tmp_path / "outside").iterdir())
+
+
+def test_only_http_https_file_urls(monkeypatch, tmp_path):
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("ZOO_WEIGHTS_URL", "ftp://example.org/release")
+    with pytest.raises(hub.DownloadError, match="only https, http, file"):
+        hub.fetch(NAME)
+
+
+def test_file_url_release_and_download_script(release, tmp_path):
+    env = {"ZOO_WEIGHTS_URL": release.as_uri(), "ZOO_CACHE_DIR": str(tmp_path / "c")}
+    proc = run_script("download.py", "--all", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "c" / "models" / NAME / "model.weights.h5").is_file()
+    proc = run_script("download.py", "timm/resnet51", env=env)
+    assert proc.returncode == 1 and "did you mean" in proc.stderr
+
+
+def test_download_and_load_without_torch(server, converted, tmp_path):
+    inputs_path = tmp_path / "golden.npz"
+    out_dir, _ = converted(NAME)
+    shutil.copy(out_dir / "golden.npz", inputs_path)
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
+            "import numpy as np, zoo\n"
+            f"z = np.load({str(inputs_path)!r})\n"
+            f"m = zoo.create_model({NAME!r}, pretrained=True)\n"
+            "got = m.predict_on_batch(z['inputs'])\n"
+            "assert np.abs(got - z['logits']).max() / np.abs(z['logits']).max() < 1e-5\n"
+            "print('OK')\n")
+    proc = run_python(code, env={"ZOO_WEIGHTS_URL": server.url,
+                                 "ZOO_CACHE_DIR": str(tmp_path / "c2")})
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]
