@@ -100,6 +100,30 @@ def _build_random(variant, tag, num_classes, in_chans):
     return _python_callable(variant)(**kwargs)
 
 
+@dataclass(frozen=True)
+class SourceSpec:
+    """A PyTorch source without a recipe (audit, recipe drafting): what _build_random needs."""
+    source: str
+    source_kwargs: dict
+
+    @property
+    def name(self):
+        return self.source
+
+    @property
+    def source_kind(self):
+        return self.source.split(":", 1)[0]
+
+
+def build_source(source: str, kwargs=None, num_classes=None, in_chans=None):
+    """Random-init nn.Module from 'timm:<name>' | 'torchvision:<builder>' | 'python:<mod>:<fn>'."""
+    from zoo.recipe import SOURCE_KINDS
+    if source.split(":", 1)[0] not in SOURCE_KINDS:
+        raise SourceError(f"source must be timm:<name>, torchvision:<builder> or "
+                          f"python:<module>:<callable>, got {source!r}")
+    return _build_random(SourceSpec(source, dict(kwargs or {})), None, num_classes, in_chans)
+
+
 # ---------------------------------------------------------------- weights
 
 def perturb_(module, seed=PERTURB_SEED):

@@ -1,0 +1,53 @@
+"""What `zoo` can convert today, as data: PyTorch module types and functional ops with a Keras
+counterpart in zoo's builders, layers or transforms. scripts/audit.py classifies a model against
+it; extend it when a builder/layer/transform adds support (pure Python, no torch)."""
+
+# torch module class name -> how zoo covers it
+MODULES = {
+    # torch.nn
+    "Conv2d": "keras Conv2D / DepthwiseConv2D (transforms conv2d, depthwise; symmetric padding in "
+              "zoo.models.common.conv2d)",
+    "Linear": "keras Dense (transforms linear, linear_after_flatten)",
+    "BatchNorm2d": "keras BatchNormalization (transform batchnorm; eps/momentum checked)",
+    "LayerNorm": "keras LayerNormalization (transform layernorm; eps checked)",
+    "GroupNorm": "keras GroupNormalization (transform groupnorm)",
+    "PReLU": "keras PReLU (transform prelu)",
+    "ReLU": "keras ReLU", "ReLU6": "keras ReLU(max_value=6)", "SiLU": "keras silu",
+    "GELU": "keras gelu (approximate flag matched)", "Sigmoid": "keras sigmoid",
+    "Hardswish": "keras hard_silu", "Hardsigmoid": "keras hard_sigmoid", "Tanh": "keras tanh",
+    "LeakyReLU": "keras LeakyReLU", "Mish": "keras mish", "Softmax": "keras softmax",
+    "MaxPool2d": "zoo.layers.TorchMaxPool2D (-inf padding, ceil_mode)",
+    "AvgPool2d": "keras AveragePooling2D (+ explicit padding for count_include_pad)",
+    "AdaptiveAvgPool2d": "keras GlobalAveragePooling2D (output 1x1)",
+    "Dropout": "identity at inference", "Identity": "identity", "Flatten": "keras Flatten "
+    "(NCHW order: linear_after_flatten)",
+    # timm
+    "SelectAdaptivePool2d": "keras GlobalAveragePooling2D", "DropPath": "identity at inference",
+    "SEModule": "squeeze-excite block in the builders", "BatchNormAct2d": "BatchNormalization + act",
+    "LayerNorm2d": "keras LayerNormalization(axis=-1)", "ClassifierHead": "pooling + Dense",
+    "ConvNormAct": "Conv2D + BatchNormalization + act",
+}
+
+# containers: executed, but hold no computation of their own
+CONTAINERS = {"Sequential", "ModuleList", "ModuleDict"}
+
+# functional ops (torch function / Tensor method names, as TorchFunctionMode sees them)
+FUNCTIONS = {
+    "add", "__add__", "__iadd__", "__radd__", "sub", "__sub__", "mul", "__mul__", "__imul__",
+    "__rmul__", "div", "__truediv__", "cat", "concat", "flatten", "mean", "relu", "relu_",
+    "sigmoid", "sigmoid_", "silu", "gelu", "hardswish", "hardsigmoid", "tanh", "softmax",
+    "adaptive_avg_pool2d", "avg_pool2d", "max_pool2d", "conv2d", "linear", "batch_norm",
+    "layer_norm", "group_norm", "dropout", "reshape", "view", "permute", "transpose", "contiguous",
+    "chunk", "split", "squeeze", "unsqueeze", "size", "dim", "shape", "__getitem__", "pad",
+    "interpolate", "amax", "max", "sum", "sqrt", "pow", "__pow__", "norm", "clone", "float", "to",
+    "expand", "expand_as", "__matmul__", "matmul", "bmm", "__neg__", "neg", "clamp", "__rsub__",
+    "leaky_relu", "mish", "hardtanh", "relu6", "type_as", "numel", "__len__", "__iter__",
+    "__eq__", "__ne__", "__lt__", "__gt__", "__le__", "__ge__", "__bool__", "__index__",
+    "is_floating_point", "__format__", "__hash__", "__contains__", "__get__", "_assert",
+    # tensor constructors: constants, converted as constants
+    "tensor", "zeros", "ones", "arange", "full", "zeros_like", "ones_like", "empty",
+}
+
+# ops that index NCHW axes explicitly: supported, but every axis must be translated to NHWC
+AXIS_SENSITIVE = {"reshape", "view", "permute", "transpose", "flatten", "cat", "concat", "chunk",
+                  "split", "mean", "sum", "amax", "softmax", "squeeze", "unsqueeze", "norm"}
