@@ -207,7 +207,7 @@ def _features(path, where, features):
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    from zoo.models import BUILDERS  # pure Python registry; the builders import keras lazily
+    from zoo.models import BUILDERS, is_builder_name  # pure Python; builders import keras lazily
 
     path = Path(path)
     try:
@@ -241,9 +241,10 @@ def load_recipe(path: str | Path) -> Recipe:
                     required=("builder",))
         src = _source(path, f"{where}.torch.source", v["torch"]["source"])
         builder = v["keras"]["builder"]
-        if builder not in BUILDERS:
+        if not is_builder_name(builder):
             _fail(path, f"{where}.keras.builder",
-                  f"unknown Keras builder {builder!r}; known: {sorted(BUILDERS)}")
+                  f"unknown Keras builder {builder!r}; known: {sorted(BUILDERS)} or "
+                  f"python:<module>:<callable>")
         for k in ("torch", "keras"):
             if not isinstance(v[k].get("kwargs") or {}, dict):
                 _fail(path, f"{where}.{k}.kwargs", "expected a mapping")

@@ -139,7 +139,7 @@ _BIAS = ("bias", _same)
 register(Transform("conv2d", {"weight": ("kernel", _conv_kernel), "bias": _BIAS},
                    "Conv2d (out, in/g, kh, kw) -> Conv2D kernel (kh, kw, in/g, out); also grouped "
                    "convs.", check=_check_conv))
-register(Transform("depthwise", {"weight": ("depthwise_kernel", _depthwise_kernel), "bias": _BIAS},
+register(Transform("depthwise", {"weight": ("kernel", _depthwise_kernel), "bias": _BIAS},
                    "Conv2d with groups == in_channels (C*m, 1, kh, kw) -> DepthwiseConv2D "
                    "(kh, kw, C, m).", check=_check_conv))
 register(Transform("linear", {"weight": ("kernel", _linear_kernel), "bias": _BIAS},

@@ -58,8 +58,11 @@ def match_module(module: str, rules: list[Rule], modules: dict | None = None):
 
 
 def plan_mapping(state: dict[str, np.ndarray], model, rules: list[Rule], ignore, *,
-                 modules: dict | None = None, context: str = "") -> list[Assignment]:
-    """state: torch state_dict as NumPy; modules: torch module path -> nn.Module (for checks)."""
+                 modules: dict | None = None, context: str = "",
+                 check_hparams: bool = True) -> list[Assignment]:
+    """state: torch state_dict as NumPy; modules: torch module path -> nn.Module (module_type
+    rules and hyper-parameter checks). check_hparams=False lets scripts/diff_layers.py show a
+    hyper-parameter mistake numerically instead of stopping at it."""
     kvars = {v.path: v for v in model.weights}
     owner = _owners(model)
     errors: list[str] = []
@@ -114,7 +117,7 @@ def plan_mapping(state: dict[str, np.ndarray], model, rules: list[Rule], ignore,
                 continue
             assigned[path] = key
             plan.append(Assignment(key, path, rule, arr))
-        if t.check and modules is not None and module in modules:
+        if t.check and check_hparams and modules is not None and module in modules:
             layer = next((owner[p] for p in kvars if p.startswith(layer_path + "/")), None)
             if layer is not None:
                 for problem in t.check(modules[module], layer, rule.args):

@@ -26,7 +26,8 @@ def torch_outputs(module, inputs_nhwc, feature_modules: dict[str, str]) -> dict:
     for torch_name, keras_name in feature_modules.items():
         sub = module.get_submodule(torch_name)
         hooks.append(sub.register_forward_hook(
-            lambda _m, _i, out, k=keras_name: captured.__setitem__(k, out.detach())))
+            # clone: a later in-place op (ReLU(inplace=True), x += shortcut) must not change it
+            lambda _m, _i, out, k=keras_name: captured.__setitem__(k, out.detach().clone())))
     try:
         with torch.no_grad():
             x = torch.from_numpy(inputs_nhwc.transpose(0, 3, 1, 2).copy())
@@ -47,6 +48,26 @@ def _stage(name, timings, progress):
     timings[name] = round(time.perf_counter() - t0, 3)
 
 
+def prepare(name, weights="random", num_classes=None, in_chans=None, *, timings=None,
+            progress=None, check_hparams=True):
+    """Load the torch model, build the Keras model once, map the weights strictly.
+    Returns (variant, torch model, builder kwargs, keras model, mapping plan)."""
+    variant, tag = get_variant(name)
+    timings = {} if timings is None else timings
+    with _stage("load_torch", timings, progress):
+        tm = load_torch_model(variant, tag, weights, num_classes, in_chans)
+    with _stage("build_keras", timings, progress):
+        kwargs = dict(variant.builder_kwargs, classes=tm.num_classes,
+                      input_shape=[None, None, tm.in_chans])
+        model = get_builder(variant.builder)(**kwargs)
+    with _stage("map_weights", timings, progress):
+        plan = plan_mapping(tm.state_dict_numpy(), model, variant.rules, variant.recipe.ignore,
+                            modules=dict(tm.module.named_modules()), context=name,
+                            check_hparams=check_hparams)
+        apply_plan(model, plan)
+    return variant, tm, kwargs, model, plan
+
+
 def convert(name: str, weights="random", num_classes: int | None = None,
             in_chans: int | None = None, out_dir=None, input_size: int | None = None,
             progress=None, requested: str | None = None, warnings=()):
@@ -58,21 +79,9 @@ def convert(name: str, weights="random", num_classes: int | None = None,
     requested/warnings: what the user asked for when it differs from `weights` (batch `auto`) and
     why; both are recorded in the report.
     """
-    variant, tag = get_variant(name)
     timings: dict[str, float] = {}
-    with _stage("load_torch", timings, progress):
-        tm = load_torch_model(variant, tag, weights, num_classes, in_chans)
-
-    with _stage("build_keras", timings, progress):
-        kwargs = dict(variant.builder_kwargs, classes=tm.num_classes,
-                      input_shape=[None, None, tm.in_chans])
-        model = get_builder(variant.builder)(**kwargs)
-
-    with _stage("map_weights", timings, progress):
-        state = tm.state_dict_numpy()
-        plan = plan_mapping(state, model, variant.rules, variant.recipe.ignore,
-                            modules=dict(tm.module.named_modules()), context=name)
-        apply_plan(model, plan)
+    variant, tm, kwargs, model, plan = prepare(name, weights, num_classes, in_chans,
+                                               timings=timings, progress=progress)
 
     size = input_size or variant.input_size
     features = dict(variant.features)
@@ -97,9 +106,16 @@ def convert(name: str, weights="random", num_classes: int | None = None,
     }
     if not parity["in_memory"]["passed"]:
         report["status"] = "failed"
+        from zoo.conversion.diff import layer_diff
+        report["diff"] = diff = layer_diff(tm, model, plan, inputs, variant.tolerance)
+        first = diff["first_divergent"]
+        where = (f"; first divergent layer: torch {first['torch']!r} -> keras {first['keras']!r} "
+                 f"(max rel {first['max_rel']:.2e}); likely: {'; '.join(first['diagnosis'])}"
+                 if first else "; every mapped layer agrees: the difference is in unmapped ops "
+                               "after the last mapped layer")
         raise ValidationError(f"{name}: parity failed: max relative error "
                               f"{parity['in_memory']['max_rel']:.3g} > tolerance "
-                              f"{variant.tolerance:g}", report)
+                              f"{variant.tolerance:g}{where}", report)
     if out_dir is None:
         report["status"] = "passed"
         return model, report

@@ -26,10 +26,22 @@ BUILDERS: dict[str, str] = {
 }
 
 
+def is_builder_name(name: str) -> bool:
+    """A registered name, or `python:<module>:<callable>` for a user's own builder."""
+    if isinstance(name, str) and name.startswith("python:"):
+        parts = name.split(":")
+        return len(parts) == 3 and all(parts)
+    return name in BUILDERS
+
+
 def get_builder(name: str):
     from zoo.errors import ZooError
 
-    if name not in BUILDERS:
-        raise ZooError(f"unknown Keras builder {name!r}; known: {sorted(BUILDERS)}")
-    module, attr = BUILDERS[name].split(":")
-    return getattr(importlib.import_module(module), attr)
+    if not is_builder_name(name):
+        raise ZooError(f"unknown Keras builder {name!r}; known: {sorted(BUILDERS)} or "
+                       "python:<module>:<callable>")
+    module, attr = (name.split(":")[1:] if name.startswith("python:") else BUILDERS[name].split(":"))
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ZooError(f"cannot import Keras builder {name!r}: {e}") from None
