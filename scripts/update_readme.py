@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Rewrite the README's catalogue table from the catalogue and the last convert_all.py run
-(OUT/index.json): python scripts/update_readme.py [--out outputs]"""
+(OUT/index.json): python scripts/update_readme.py [--out outputs] [--readme README.md]"""
 import argparse
 import json
 import re
@@ -32,10 +32,11 @@ def table(index: dict) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="outputs")
+    p.add_argument("--readme", default=str(ROOT / "README.md"), help="file to rewrite")
     args = p.parse_args(argv)
     index_path = Path(args.out) / "index.json"
     index = json.loads(index_path.read_text())["models"] if index_path.is_file() else {}
-    readme = ROOT / "README.md"
+    readme = Path(args.readme)
     text = readme.read_text()
     if START not in text or END not in text:
         print(f"README.md lacks the {START} / {END} markers", file=sys.stderr)
