@@ -42,7 +42,7 @@ def test_conversion_side_import_orders():
     assert "ImportOrderError" in bad.stderr and "before torch" in bad.stderr
 
 
-def test_create_model_keras_applications_arguments(converted):
+def test_create_model_keras_applications_arguments(converted, monkeypatch, tmp_path):
     out_dir, _ = converted("timm/resnet18")
     inputs = np.load(out_dir / "golden.npz")["inputs"]
     full = zoo.create_model("timm/resnet18", pretrained=out_dir)
@@ -67,7 +67,10 @@ def test_create_model_keras_applications_arguments(converted):
         zoo.create_model("timm/resnet18", pretrained=out_dir, num_classes=7)
     with pytest.raises(zoo.ZooError, match="not .*torchvision/resnet50|holds a"):
         zoo.create_model("torchvision/resnet50", pretrained=out_dir)
-    with pytest.raises(zoo.ZooError, match="not available yet"):
+    # published weights: offline with an empty cache is a clear error, never random weights
+    monkeypatch.setenv("ZOO_OFFLINE", "1")
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(zoo.ZooError, match="offline"):
         zoo.create_model("timm/resnet18", pretrained=True)
 
 
