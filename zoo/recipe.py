@@ -128,7 +128,11 @@ def _preprocessing(path, where, data, base):
             _fail(path, f"{where}: preprocessing.{k}", f"expected a list of numbers, got {v!r}")
     if any(s <= 0 for s in out["std"]):
         _fail(path, f"{where}: preprocessing.std", "every std must be > 0")
-    if not (0 < float(out["crop_pct"]) <= 1):
+    if len(out["mean"]) != len(out["std"]):
+        _fail(path, f"{where}: preprocessing", f"mean has {len(out['mean'])} values but std has "
+                                               f"{len(out['std'])}; give one per input channel")
+    crop = out["crop_pct"]
+    if isinstance(crop, bool) or not isinstance(crop, (int, float)) or not (0 < crop <= 1):
         _fail(path, f"{where}: preprocessing.crop_pct", f"must be in (0, 1], got {out['crop_pct']}")
     if out["interpolation"] not in ("nearest", "bilinear", "bicubic"):
         _fail(path, f"{where}: preprocessing.interpolation",
@@ -139,6 +143,8 @@ def _preprocessing(path, where, data, base):
 def _positive_number(path, where, value, kind=float):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         _fail(path, where, f"expected a positive number, got {value!r}")
+    if kind is int and value != int(value):
+        _fail(path, where, f"expected a whole number, got {value!r}")
     return kind(value)
 
 
@@ -156,7 +162,7 @@ def _rule(path, i, data) -> Rule:
     _check_keys(path, where, data, _RULE_KEYS, required=("torch", "keras", "transform"))
     rx = _regex(path, f"{where}.torch", data["torch"])
     name = data["transform"]
-    if name not in TRANSFORMS:
+    if not isinstance(name, str) or name not in TRANSFORMS:
         _fail(path, where, f"unknown transform {name!r}; known: {sorted(TRANSFORMS)}")
     args = data.get("args") or {}
     if not isinstance(args, dict):
@@ -206,12 +212,26 @@ def _features(path, where, features):
     return [tuple(f) for f in features]
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses duplicate keys (YAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_recipe(path: str | Path) -> Recipe:
     from zoo.models import BUILDERS, is_builder_name  # pure Python; builders import keras lazily
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_StrictLoader)
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: not valid YAML: {e}") from None
     except OSError as e:
@@ -222,6 +242,8 @@ def load_recipe(path: str | Path) -> Recipe:
     base_size = _positive_number(path, "input_size", data.get("input_size", 224), int)
 
     features = _features(path, "features", data.get("features") or [])
+    if not isinstance(data.get("ignore") or [], list):
+        _fail(path, "ignore", "expected a list of regular expressions")
     ignore = [_regex(path, f"ignore #{i}", p) for i, p in enumerate(data.get("ignore") or [])]
     if not isinstance(data["mapping"], list) or not data["mapping"]:
         _fail(path, "mapping", "expected a non-empty list of rules")
@@ -241,7 +263,7 @@ def load_recipe(path: str | Path) -> Recipe:
                     required=("builder",))
         src = _source(path, f"{where}.torch.source", v["torch"]["source"])
         builder = v["keras"]["builder"]
-        if not is_builder_name(builder):
+        if not isinstance(builder, str) or not is_builder_name(builder):
             _fail(path, f"{where}.keras.builder",
                   f"unknown Keras builder {builder!r}; known: {sorted(BUILDERS)} or "
                   f"python:<module>:<callable>")
