@@ -90,3 +90,20 @@ def test_cli_reports_bad_input_with_exit_code_2(tmp_path):
     proc = run_script("convert.py", "timm/resnet51", "--out", tmp_path)
     assert proc.returncode == 2
     assert "did you mean" in proc.stderr and "timm/resnet50" in proc.stderr
+
+
+def test_tensors_the_recipe_ignores_may_be_absent(finetuned, tmp_path):
+    # e.g. a checkpoint stripped of num_batches_tracked (the resnet recipe ignores them)
+    state = torch.load(finetuned / "finetuned.pth", weights_only=True)
+    stripped = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    assert len(stripped) < len(state)
+    torch.save(stripped, tmp_path / "stripped.pth")
+    _, report = zoo.convert("torchvision/resnet18", tmp_path / "stripped.pth", num_classes=10,
+                            input_size=SMALL)
+    assert report["parity"]["in_memory"]["max_rel"] < 1e-5
+    # a tensor the recipe does not ignore is still required
+    del stripped["layer1.0.bn1.running_var"]
+    torch.save(stripped, tmp_path / "broken.pth")
+    with pytest.raises(zoo.SourceError, match=r"missing keys \(1\): layer1.0.bn1.running_var"):
+        zoo.convert("torchvision/resnet18", tmp_path / "broken.pth", num_classes=10,
+                    input_size=SMALL)

@@ -45,6 +45,14 @@ def test_correct_conversion_has_no_divergent_layer():
     assert result["rows"][0]["torch"] == "conv1" and result["rows"][-1]["torch"] == "fc"
 
 
+def test_fused_norm_activation_is_compared_before_its_activation():
+    # timm's BatchNormAct2d applies SiLU inside the module; its Keras twin is the BN alone
+    result = diff_layers("timm/efficientnet_b0", input_size=SMALL)
+    fused = [r for r in result["rows"] if r["type"] == "BatchNormAct2d"]
+    assert len(fused) > 10 and all(r["ok"] for r in fused)
+    assert result["first_divergent"] is None
+
+
 def test_transposed_kernel_in_one_block(recipes):
     if "conv2d_kernel_swapped" not in TRANSFORMS:
         conv = TRANSFORMS["conv2d"]

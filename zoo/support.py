@@ -18,7 +18,7 @@ MODULES = {
     "LeakyReLU": "keras LeakyReLU", "Mish": "keras mish", "Softmax": "keras softmax",
     "MaxPool2d": "zoo.layers.TorchMaxPool2D (-inf padding, ceil_mode)",
     "AvgPool2d": "keras AveragePooling2D (+ explicit padding for count_include_pad)",
-    "AdaptiveAvgPool2d": "keras GlobalAveragePooling2D (output 1x1)",
+    "AdaptiveAvgPool2d": "keras GlobalAveragePooling2D (1x1) / zoo.layers.AdaptiveAvgPool2D (torch bins)",
     "Dropout": "identity at inference", "Identity": "identity", "Flatten": "keras Flatten "
     "(NCHW order: linear_after_flatten)",
     # timm
@@ -26,6 +26,13 @@ MODULES = {
     "SEModule": "squeeze-excite block in the builders", "BatchNormAct2d": "BatchNormalization + act",
     "LayerNorm2d": "keras LayerNormalization(axis=-1)", "ClassifierHead": "pooling + Dense",
     "ConvNormAct": "Conv2D + BatchNormalization + act",
+    "Conv2dSame": "keras Conv2D after TF-'same' (asymmetric) padding (timm tf_* models)",
+    "StdConv2d": "zoo.layers.StdConv2D (weight standardisation, eps checked)",
+    "StdConv2dSame": "zoo.layers.StdConv2D after TF-'same' padding",
+    "GlobalResponseNorm": "zoo.layers.GlobalResponseNorm (ConvNeXt V2)",
+    "ConstantPad2d": "keras ZeroPadding2D / explicit pad (value checked by the builder)",
+    "Permute": "no-op: Keras is channels-last throughout (torchvision ConvNeXt NCHW<->NHWC)",
+    "StochasticDepth": "identity at inference (torchvision)",
 }
 
 # containers: executed, but hold no computation of their own

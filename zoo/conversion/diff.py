@@ -134,21 +134,37 @@ def _between_hypotheses(z_torch, x_torch, x_keras):
     return []
 
 
+def _norm_output_module(module):
+    """Where a module's own output appears. timm's BatchNormAct2d/GroupNormAct apply their
+    activation inside forward(), while the Keras twin is the norm alone with the activation as the
+    next layer: their norm output is what leaves the (identity unless training) `drop` submodule."""
+    drop, act = getattr(module, "drop", None), getattr(module, "act", None)
+    norms = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
+    if isinstance(module, norms) and isinstance(drop, torch.nn.Module) and act is not None:
+        return drop
+    return module
+
+
 def layer_diff(tm, model, plan, inputs_nhwc, tolerance) -> dict:
     """Per-layer comparison in torch execution order; the first divergent layer and a diagnosis."""
     import keras
 
     pairs = _pairs(plan)
     modules = dict(tm.module.named_modules())
-    captured, order, hooks = {}, [], []
+    captured, order, hooks, inputs = {}, [], [], {}
     for tname, _ in pairs:
-        def hook(_m, inp, out, tname=tname):
+        # copies: in-place activations (ReLU(inplace=True)) overwrite these tensors later
+        def pre_hook(_m, inp, tname=tname):
+            if tname not in inputs:
+                inputs[tname] = inp[0].detach().clone().numpy() if inp else None
+
+        def hook(_m, _inp, out, tname=tname):
             if tname not in captured:
                 order.append(tname)
-                # copies: in-place activations (ReLU(inplace=True)) overwrite these tensors later
-                captured[tname] = (inp[0].detach().clone().numpy() if inp else None,
-                                   out.detach().clone().numpy())
-        hooks.append(modules[tname].register_forward_hook(hook))
+                captured[tname] = (inputs.get(tname), out.detach().clone().numpy())
+        module = modules[tname]
+        hooks.append(module.register_forward_pre_hook(pre_hook))
+        hooks.append(_norm_output_module(module).register_forward_hook(hook))
     try:
         with torch.no_grad():
             tm.module(torch.from_numpy(inputs_nhwc.transpose(0, 3, 1, 2).copy()))

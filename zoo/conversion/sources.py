@@ -148,6 +148,40 @@ def perturb_(module, seed=PERTURB_SEED):
             t.add_(noise * (0.5 * std if std > 1e-8 else 0.2))
 
 
+def calibrate_norms_(module, input_size, in_chans=3, seed=PERTURB_SEED):
+    """Re-derive BatchNorm running stats from the activations they actually see, then jitter them.
+
+    Perturbed weights make activations grow or shrink layer after layer; in deep nets
+    (EfficientNet, MobileNetV3) float32 rounding then dominates and parity fails for reasons a
+    trained model never has. Stats measured on a random batch keep every BN output at a trained
+    model's scale, while staying far from 0/1 so a swapped mean/var is still caught.
+    """
+    gen = torch.Generator().manual_seed(seed + 1)
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             and m.track_running_stats and m.running_mean is not None]
+
+    def hook(bn, args):
+        x = args[0].detach().double()
+        dims = [d for d in range(x.ndim) if d != 1]
+        mean, var = x.mean(dims), x.var(dims, unbiased=False)
+        jitter_mean = 0.1 * var.sqrt() * torch.randn(mean.shape, generator=gen, dtype=torch.float64)
+        jitter_var = 0.75 + 0.5 * torch.rand(var.shape, generator=gen, dtype=torch.float64)
+        bn.running_mean.copy_(mean + jitter_mean)
+        bn.running_var.copy_(var * jitter_var + bn.eps)
+
+    handles = [m.register_forward_pre_hook(hook) for m in norms]
+    was_training = module.training
+    try:
+        module.eval()
+        x = torch.randn((2, in_chans, input_size, input_size), generator=gen)
+        with torch.no_grad():
+            module(x)
+    finally:
+        for h in handles:
+            h.remove()
+        module.train(was_training)
+
+
 def _unwrap_state_dict(obj, path):
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model", "module", "state_dict_ema"):
@@ -181,8 +215,11 @@ def read_checkpoint(path) -> dict:
 
 def _load_checkpoint(module, state, path, variant):
     own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
+    # Tensors the recipe ignores (num_batches_tracked, auxiliary heads) are never converted, so a
+    # checkpoint may lack them or carry extra ones.
+    ignored = lambda k: any(p.fullmatch(k) for p in variant.recipe.ignore)
+    missing = sorted(k for k in set(own) - set(state) if not ignored(k))
+    unexpected = sorted(k for k in set(state) - set(own) if not ignored(k))
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
               for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
     if missing or unexpected or shapes:
@@ -198,7 +235,7 @@ def _load_checkpoint(module, state, path, variant):
             lines.append(f"  the checkpoint's classifier has {state[f'{clf}.weight'].shape[0]} "
                          f"classes: pass --num-classes {state[f'{clf}.weight'].shape[0]}")
         raise SourceError("\n".join(lines))
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 
 def _timm_cached_file(cfg):
@@ -288,6 +325,7 @@ def load_torch_model(variant: Variant, tag: str | None, weights: str,
             torch.manual_seed(PERTURB_SEED)
             module = _build_random(variant, tag, num_classes, in_chans)
         perturb_(module)
+        calibrate_norms_(module, variant.input_size, in_chans or 3)
         kind, ckpt = "random", None
     elif weights == "pretrained":
         module = _pretrained(variant, tag, num_classes, in_chans)
