@@ -1,0 +1,141 @@
+"""ShuffleNetV2 (torchvision) and its NHWC channel split / channel shuffle layers."""
+import keras
+import numpy as np
+import pytest
+import torch
+from keras import ops
+from torchvision.models.shufflenetv2 import channel_shuffle
+
+import zoo
+from helpers import SMALL, parity_at
+from zoo.conversion.pipeline import prepare, torch_outputs
+from zoo.layers.shuffle import ChannelShuffle, ChannelSplit
+from zoo.models import get_builder
+from zoo.validate import compare_outputs, keras_outputs, make_inputs
+
+NAME = "torchvision/shufflenet_v2_x1_0"
+
+
+def _nchw(x):
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def _nhwc(t):
+    return t.numpy().transpose(0, 2, 3, 1)
+
+
+def _naive_shuffle(x, groups):
+    """torchvision's NCHW code ported literally to an NHWC tensor (the pitfall)."""
+    n, h, w, c = x.shape
+    y = ops.reshape(x, (n, groups, c // groups, h, w))
+    y = ops.transpose(y, (0, 2, 1, 3, 4))
+    return ops.reshape(y, (n, h, w, c))
+
+
+def _parity(name):
+    """What zoo.convert measures (without its layer-by-layer diagnosis of a failure)."""
+    variant, tm, _, model, _ = prepare(name)
+    x = make_inputs(SMALL, 3, tm.preprocessing)
+    features = dict(variant.features)
+    return compare_outputs(torch_outputs(tm.module, x, features),
+                           keras_outputs(model, x, list(features.values())), variant.tolerance)
+
+
+def _x(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------ the layers
+
+@pytest.mark.parametrize("groups", [1, 2, 3, 4])
+@pytest.mark.parametrize("shape", [(2, 5, 7, 12), (1, 1, 1, 24), (3, 4, 3, 48)])
+def test_channel_shuffle_matches_torch(groups, shape):
+    x = _x(shape)
+    ref = _nhwc(channel_shuffle(_nchw(x), groups))
+    np.testing.assert_array_equal(np.asarray(ChannelShuffle(groups)(x)), ref)
+
+
+def test_channel_shuffle_in_a_model_with_unknown_spatial_size():
+    inp = keras.Input((None, None, 8))
+    model = keras.Model(inp, ChannelShuffle(2)(inp))
+    for hw in [(3, 5), (6, 1)]:
+        x = _x((2, *hw, 8))
+        np.testing.assert_array_equal(model.predict_on_batch(x), _nhwc(channel_shuffle(_nchw(x), 2)))
+
+
+def test_channel_split_matches_torch_chunk():
+    x = _x((2, 3, 5, 10))
+    ref = [_nhwc(t) for t in _nchw(x).chunk(2, dim=1)]
+    got = ChannelSplit(2)(x)
+    assert len(got) == 2
+    for g, r in zip(got, ref):
+        np.testing.assert_array_equal(np.asarray(g), r)
+    assert ChannelSplit(2).compute_output_shape((None, None, None, 10)) == [(None, None, None, 5)] * 2
+
+
+def test_layers_reject_channel_counts_they_cannot_divide():
+    with pytest.raises(ValueError, match="cannot be shuffled"):
+        ChannelShuffle(3)(_x((1, 2, 2, 8)))
+    with pytest.raises(ValueError, match="equal parts"):
+        ChannelSplit(2)(_x((1, 2, 2, 7)))
+
+
+def test_split_and_shuffle_survive_a_keras_round_trip(tmp_path):
+    inp = keras.Input((None, None, 12))
+    a, b = ChannelSplit(2, name="split")(inp)
+    y = keras.layers.Concatenate()([a, keras.layers.Conv2D(6, 1, name="conv")(b)])
+    model = keras.Model(inp, ChannelShuffle(3, name="shuffle")(y))
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert loaded.get_layer("shuffle").get_config()["groups"] == 3
+    assert loaded.get_layer("split").get_config()["sections"] == 2
+    x = _x((2, 5, 6, 12))
+    np.testing.assert_array_equal(loaded.predict_on_batch(x), model.predict_on_batch(x))
+
+
+def test_pitfall_nchw_shuffle_code_ported_literally_to_nhwc_is_wrong():
+    x = _x((2, 5, 7, 12))
+    ref = _nhwc(channel_shuffle(_nchw(x), 2))
+    naive = np.asarray(_naive_shuffle(x, 2))
+    assert naive.shape == ref.shape
+    assert np.abs(naive - ref).max() > 1.0          # rows and columns mixed into channels
+    np.testing.assert_array_equal(np.asarray(ChannelShuffle(2)(x)), ref)
+
+
+# -------------------------------------------------------------------------------- the network
+
+def test_parity_at_small_size():
+    _model, report = zoo.convert(NAME, input_size=SMALL)
+    p = report["parity"]["in_memory"]
+    assert p["passed"] and p["max_rel"] < 1e-5, p["max_rel"]   # measured 4e-7
+    assert set(p["features"]) == {"stage1", "stage2", "stage3", "stage4"}
+
+
+def test_parity_at_odd_non_square_size():
+    # 67x75: odd sizes at every stride-2 conv, the max-pool and all three stride-2 blocks
+    assert parity_at(NAME, 67, 75, input_size=SMALL) < 1e-5
+
+
+def test_pitfall_literal_nchw_shuffle_in_the_network_fails_validation(monkeypatch):
+    monkeypatch.setattr(ChannelShuffle, "call", lambda self, x: _naive_shuffle(x, self.groups))
+    p = _parity(NAME)
+    assert not p["passed"]
+    assert p["features"]["stage2"]["max_rel"] > 1e-1, p["features"]["stage2"]["max_rel"]
+
+
+def test_pitfall_shuffle_groups_must_not_be_skipped(monkeypatch):
+    """Concatenating without the shuffle gives the right shapes and the wrong numbers."""
+    monkeypatch.setattr(ChannelShuffle, "call", lambda self, x: x)
+    p = _parity(NAME)
+    assert not p["passed"] and p["max_rel"] > 1e-1, p["max_rel"]
+
+
+def test_features_only_gives_one_output_per_stage():
+    model = get_builder("shufflenet_v2")(features_only=True)
+    outs = model(np.zeros((1, 64, 64, 3), np.float32))
+    assert [tuple(o.shape) for o in outs] == [(1, 16, 16, 24), (1, 8, 8, 116), (1, 4, 4, 232),
+                                              (1, 2, 2, 464)]
+    assert model.output_names == ["stage1", "stage2", "stage3", "stage4"]
+    backbone = get_builder("shufflenet_v2")(include_top=False, pooling="avg")
+    assert tuple(backbone.output.shape) == (None, 1024)
