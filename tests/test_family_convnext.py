@@ -1,0 +1,317 @@
+"""ConvNeXt / ConvNeXt V2 family (recipes/convnext.yaml, zoo/models/convnext.py:convnext): parity
+of the smallest variant of each source, odd non-square inputs, the two layers with no Keras twin
+(GlobalResponseNorm, LayerScale) against torch, and one test per pitfall of the family."""
+import zoo.conversion.torch_first  # noqa: F401  (torch, torchvision, timm before keras)
+
+# isort: split
+
+import functools
+
+import keras
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import zoo
+from helpers import ROOT, SMALL, parity_at
+from zoo.catalog import get_variant
+from zoo.conversion.sources import load_torch_model
+from zoo.layers.grn import GlobalResponseNorm
+from zoo.layers.layer_scale import LayerScale
+
+TOL = 1e-4
+SMALLEST = ["timm/convnext_atto", "timm/convnextv2_atto", "torchvision/convnext_tiny"]
+
+
+@pytest.fixture(scope="module")
+def converted():
+    """converted(name) -> (keras model, report) at SMALL, each converted once per module."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = zoo.convert(name, input_size=SMALL)
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def torch_module():
+    """torch_module(name) -> the perturbed torch model zoo.convert compares with (same seed)."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            variant, tag = get_variant(name)
+            cache[name] = load_torch_model(variant, tag, "random").module
+        return cache[name]
+
+    return get
+
+
+def _torch_nhwc(module, x):
+    with torch.no_grad():
+        return module(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+
+
+def _rel(got, ref):
+    return float(np.abs(np.asarray(got) - ref).max() / np.abs(ref).max())
+
+
+def _mapped(name, **builder_overrides):
+    """(perturbed torch module, Keras model built with the recipe's kwargs + overrides, mapped)."""
+    from zoo.conversion.mapping import apply_plan, plan_mapping
+    from zoo.models import get_builder
+
+    variant, tag = get_variant(name)
+    tm = load_torch_model(variant, tag, "random")
+    model = get_builder(variant.builder)(**{**variant.builder_kwargs, **builder_overrides})
+    plan = plan_mapping(tm.state_dict_numpy(), model, variant.rules, variant.recipe.ignore,
+                        modules=dict(tm.module.named_modules()), context=name)
+    apply_plan(model, plan)
+    return tm.module, model
+
+
+def _input(h=SMALL, w=SMALL, n=2, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, h, w, 3)).astype(np.float32)
+
+
+# ------------------------------------------------------------------ parity
+
+@pytest.mark.parametrize("name", SMALLEST)
+def test_parity_small(name, converted):
+    _model, report = converted(name)
+    parity = report["parity"]["in_memory"]
+    print(f"{name} @ {SMALL}: max_rel {parity['max_rel']:.2e}")
+    assert parity["max_rel"] < TOL, parity
+    assert set(parity["features"]) == {"stage1", "stage2", "stage3", "stage4"}
+    assert parity["logits"]["top1"] == 1.0
+
+
+@pytest.mark.parametrize("name", ["timm/convnext_atto", "timm/convnextv2_atto"])
+def test_odd_non_square_size(name):
+    # 67 x 93 -> stem /4: 16 x 23 -> 8 x 11 -> 4 x 5 -> 2 x 2: the unpadded 4x4 and 2x2 strided
+    # convs drop the remainder (torch floors, Keras "valid" too), odd sizes at every downsample.
+    err = parity_at(name, 67, 93, input_size=SMALL)
+    assert err < TOL, err
+
+
+def test_torchvision_at_odd_non_square_size(converted, torch_module):
+    name = "torchvision/convnext_tiny"
+    model, _ = converted(name)
+    module = torch_module(name)
+    x = _input(67, 93, seed=3)
+    ref = _torch_nhwc(module, x)
+    got = model.predict_on_batch(x)
+    assert _rel(got, ref) < TOL
+    assert (np.asarray(got).argmax(1) == ref.argmax(1)).all()
+
+
+# ------------------------------------------------------------------ layers
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_global_response_norm_matches_timm(channels_last):
+    from timm.layers.grn import GlobalResponseNorm as TimmGRN
+
+    rng = np.random.default_rng(0)
+    c = 24
+    ref_layer = TimmGRN(c, eps=1e-6, channels_last=channels_last)
+    with torch.no_grad():   # zero at init (identity): give it real weights
+        ref_layer.weight.copy_(torch.from_numpy(rng.standard_normal(c).astype(np.float32)))
+        ref_layer.bias.copy_(torch.from_numpy(rng.standard_normal(c).astype(np.float32)))
+    x = rng.standard_normal((2, 9, 13, c)).astype(np.float32) * 3
+    with torch.no_grad():
+        t = torch.from_numpy(x if channels_last else x.transpose(0, 3, 1, 2).copy())
+        ref = ref_layer(t).numpy()
+    ref = ref if channels_last else ref.transpose(0, 2, 3, 1)
+    layer = GlobalResponseNorm(epsilon=1e-6)
+    layer.build(x.shape)
+    layer.set_weights([ref_layer.weight.detach().numpy(), ref_layer.bias.detach().numpy()])
+    assert [v.path.split("/")[-1] for v in layer.weights] == ["weight", "bias"]   # identity map
+    np.testing.assert_allclose(np.asarray(layer(x)), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_pitfall_global_response_norm_formula():
+    """The GRN formulas seen in ports, against timm's. `x * (1 + gamma * Nx) + beta` is the
+    same function (distributed); dropping the residual `x`, taking the mean instead of the L2
+    norm over space, or normalising over space instead of channels are not."""
+    from timm.layers.grn import GlobalResponseNorm as TimmGRN
+
+    rng = np.random.default_rng(1)
+    c = 16
+    g = rng.standard_normal(c).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    ref_layer = TimmGRN(c)
+    with torch.no_grad():
+        ref_layer.weight.copy_(torch.from_numpy(g))
+        ref_layer.bias.copy_(torch.from_numpy(b))
+    x = rng.standard_normal((2, 7, 5, c)).astype(np.float32)
+    with torch.no_grad():
+        ref = ref_layer(torch.from_numpy(x)).numpy()
+
+    l2 = np.sqrt((x ** 2).sum(axis=(1, 2), keepdims=True))
+    nx = l2 / (l2.mean(axis=-1, keepdims=True) + 1e-6)
+    assert _rel(x * (1 + g * nx) + b, ref) < 1e-5                      # equivalent form
+    wrong = {
+        "no residual": g * (x * nx) + b,
+        "spatial mean, not L2 norm": x + b + g * x * (
+            np.abs(x).mean(axis=(1, 2), keepdims=True)
+            / (np.abs(x).mean(axis=(1, 2), keepdims=True).mean(axis=-1, keepdims=True) + 1e-6)),
+        "normalised over space, not channels": x + b + g * x * (
+            l2 / (np.sqrt((x ** 2).mean(axis=-1, keepdims=True)) + 1e-6)),
+    }
+    for what, y in wrong.items():
+        assert _rel(y, ref) > 1e-2, what
+    layer = GlobalResponseNorm()
+    layer.build(x.shape)
+    layer.set_weights([g, b])
+    assert _rel(layer(x), ref) < 1e-5
+
+
+@pytest.mark.parametrize("layout, torch_shape", [("timm", (12,)), ("torchvision", (12, 1, 1))])
+def test_layer_scale_matches_torch(layout, torch_shape):
+    rng = np.random.default_rng(2)
+    scale = rng.standard_normal(torch_shape).astype(np.float32)
+    x = rng.standard_normal((2, 5, 7, 12)).astype(np.float32)
+    # timm: x.mul(gamma.reshape(1, -1, 1, 1)); torchvision: layer_scale (C,1,1) * x, both NCHW
+    nchw = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    ref = (nchw * torch.from_numpy(scale).reshape(1, -1, 1, 1)).numpy().transpose(0, 2, 3, 1)
+    layer = LayerScale(1e-6, layout=layout)
+    layer.build(x.shape)
+    (var,) = layer.weights
+    assert tuple(var.shape) == torch_shape          # what the identity transform needs
+    assert var.path.split("/")[-1] == {"timm": "gamma", "torchvision": "layer_scale"}[layout]
+    np.testing.assert_allclose(np.asarray(var), np.full(torch_shape, 1e-6, np.float32))
+    layer.set_weights([scale])
+    np.testing.assert_allclose(np.asarray(layer(x)), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_layers_round_trip_through_a_keras_file(tmp_path):
+    inp = keras.Input((None, None, 8))
+    y = GlobalResponseNorm(epsilon=1e-5, name="grn")(inp)
+    y = LayerScale(0.5, layout="timm", name="ls_timm")(y)
+    y = LayerScale(0.25, layout="torchvision", name="ls_tv")(y)
+    model = keras.Model(inp, y)
+    rng = np.random.default_rng(3)
+    model.set_weights([rng.standard_normal(w.shape).astype(np.float32) for w in model.weights])
+    x = rng.standard_normal((2, 6, 5, 8)).astype(np.float32)
+    path = tmp_path / "layers.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(loaded.predict_on_batch(x), model.predict_on_batch(x))
+    assert loaded.get_layer("grn").epsilon == 1e-5
+    assert loaded.get_layer("ls_tv").layout == "torchvision"
+    assert loaded.get_layer("ls_timm").init_value == 0.5
+
+
+# ------------------------------------------------------------------ pitfalls
+
+def test_pitfall_exact_gelu(converted, torch_module):
+    """nn.GELU / timm GELU are the exact (erf) form. The tanh approximation is close: at these
+    perturbed weights it moves ConvNeXt's logits by ~2e-5 relative (V1 atto) -- 30x the exact
+    model's error but under the family tolerance 1e-4 -- and ConvNeXt V2's by ~1.4e-4. So V1
+    can only show it at a tight tolerance; exact GELU keeps both at float32 noise (< 2e-6)."""
+    for name, min_err in [("timm/convnext_atto", 5e-6), ("timm/convnextv2_atto", TOL)]:
+        model, _ = converted(name)
+        x = _input()
+        ref = _torch_nhwc(torch_module(name), x)
+        exact = _rel(model(x), ref)
+        assert exact < 2e-6, (name, exact)
+        acts = [layer for layer in model.layers if layer.name.endswith("_act")]
+        assert len(acts) == 12
+        try:
+            for layer in acts:
+                assert layer.activation is keras.activations.gelu   # Keras 3: approximate=False
+                layer.activation = functools.partial(keras.activations.gelu, approximate=True)
+            tanh = _rel(model(x), ref)    # eager call: uses the swapped activations
+        finally:
+            for layer in acts:
+                layer.activation = keras.activations.gelu
+        assert tanh > min_err and tanh > 10 * exact, (name, tanh, exact)
+
+
+def test_pitfall_layernorm_eps():
+    """ConvNeXt's LayerNorms use eps 1e-6 (Keras' default is 1e-3): the engine refuses a model
+    with another eps, naming every LayerNorm, instead of producing a silently-off model."""
+    with pytest.raises(zoo.MappingError) as e:
+        _mapped("timm/convnext_atto", norm_eps=1e-3)
+    msg = str(e.value)
+    assert "eps 1e-06 != keras epsilon 0.001" in msg
+    assert "torch module 'stem.1' -> keras layer 'stem_norm'" in msg
+    assert "torch module 'head.norm' -> keras layer 'head_norm'" in msg
+    assert "17 problem(s)" in msg   # stem, 3 downsamples, 12 blocks, head
+
+
+def _swapped_dw_recipe(tmp_path):
+    """A deliberately wrong copy of the recipe: the depthwise convs of stage 1's blocks 0 and 1
+    swapped (same shapes, so only the numbers can tell)."""
+    data = yaml.safe_load((ROOT / "recipes" / "convnext.yaml").read_text())
+    swap = [{"torch": rf"stages\.0\.blocks\.{a}\.conv_dw", "keras": f"stage1_block{b}_conv_dw",
+             "transform": "depthwise"} for a, b in ((0, 1), (1, 0))]
+    data["mapping"] = swap + data["mapping"]     # first match wins
+    data["variants"] = {"test/convnext_atto_swapped_dw": data["variants"]["timm/convnext_atto"]}
+    (tmp_path / "swapped.yaml").write_text(yaml.safe_dump(data))
+    return tmp_path
+
+
+def test_pitfall_layer_scale_init_hides_mapping_bugs(tmp_path, monkeypatch):
+    """Layer scale starts at 1e-6: every residual branch is ~silent at init, so a wrong mapping
+    inside the blocks is invisible with default weights. The pipeline perturbs every parameter
+    (the scales too), and the same mistake then fails validation."""
+    import timm
+
+    from zoo.conversion.mapping import apply_plan, plan_mapping
+    from zoo.models import get_builder
+    from zoo.validate import compare
+
+    monkeypatch.setenv("ZOO_RECIPE_PATH", str(_swapped_dw_recipe(tmp_path)))
+    variant, _ = get_variant("test/convnext_atto_swapped_dw")
+    module = timm.create_model("convnext_atto").eval()
+    model = get_builder("convnext")(**variant.builder_kwargs)
+    state = {k: v.numpy() for k, v in module.state_dict().items()}
+    apply_plan(model, plan_mapping(state, model, variant.rules, variant.recipe.ignore,
+                                  modules=dict(module.named_modules())))
+    x = _input()
+    blind = compare(_torch_nhwc(module, x), model.predict_on_batch(x))
+    assert blind["max_rel"] < 1e-5
+    with pytest.raises(zoo.ValidationError) as e:
+        zoo.convert("test/convnext_atto_swapped_dw", input_size=SMALL)
+    parity = e.value.report["parity"]["in_memory"]
+    assert parity["features"]["stage1"]["max_rel"] > 10 * TOL, parity
+    assert not parity["passed"]
+
+
+def test_pitfall_drop_path_is_identity_at_inference(converted, torch_module):
+    """torchvision's stochastic depth (0.1) is kept for training as per-sample Dropout on the
+    residual branches; inference must be deterministic and equal torch's eval()."""
+    name = "torchvision/convnext_tiny"
+    model, _ = converted(name)
+    drop = [layer for layer in model.layers if layer.name.endswith("_drop_path")]
+    assert len(drop) == 17 and max(layer.rate for layer in drop) == pytest.approx(0.1)
+    x = _input(n=4, seed=4)
+    ref = _torch_nhwc(torch_module(name), x)
+    first = model.predict_on_batch(x)
+    np.testing.assert_array_equal(first, model.predict_on_batch(x))
+    assert _rel(first, ref) < TOL
+    assert _rel(model(x, training=True), ref) > 1e-3
+
+
+def test_features_only_gives_one_output_per_stage(converted):
+    from zoo.models.convnext import convnext
+
+    full, _ = converted("timm/convnext_atto")
+    variant, _ = get_variant("timm/convnext_atto")
+    feats = convnext(**variant.builder_kwargs, features_only=True)
+    assert [o.shape[-1] for o in feats.outputs] == [40, 80, 160, 320]
+    for layer in feats.layers:
+        layer.set_weights(full.get_layer(layer.name).get_weights())
+    x = _input(n=1, seed=5)
+    outs = feats.predict_on_batch(x)
+    assert [o.shape[1] for o in outs] == [16, 8, 4, 2]   # strides 4 ... 32
+    probe = keras.Model(full.inputs, [full.get_layer(f"stage{i}").output for i in range(1, 5)])
+    for got, want in zip(outs, probe.predict_on_batch(x)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    pooled = convnext(**variant.builder_kwargs, include_top=False, pooling="avg")
+    assert pooled.output.shape == (None, 320)

@@ -1,0 +1,126 @@
+"""RegNet family (recipes/regnet.yaml, zoo/models/regnet.py:regnet): parity of the smallest
+variant of each source, odd non-square inputs, and one test per pitfall of the family."""
+import numpy as np
+import pytest
+
+import zoo
+from helpers import SMALL, parity_at
+from zoo.catalog import get_variant
+from zoo.conversion.sources import build_source, load_torch_model
+
+TOL = 1e-4
+SMALLEST = ["timm/regnetx_002", "torchvision/regnet_x_400mf"]
+
+
+@pytest.fixture(scope="module")
+def converted():
+    """converted(name) -> (keras model, report) at SMALL, each converted once per module."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = zoo.convert(name, input_size=SMALL)
+        return cache[name]
+
+    return get
+
+
+def _mapped(name, **builder_overrides):
+    """(perturbed torch module, Keras model built with the recipe's kwargs + overrides, mapped)."""
+    from zoo.conversion.mapping import apply_plan, plan_mapping
+    from zoo.models import get_builder
+
+    variant, tag = get_variant(name)
+    tm = load_torch_model(variant, tag, "random")
+    model = get_builder(variant.builder)(**{**variant.builder_kwargs, **builder_overrides})
+    plan = plan_mapping(tm.state_dict_numpy(), model, variant.rules, variant.recipe.ignore,
+                        modules=dict(tm.module.named_modules()), context=name)
+    apply_plan(model, plan)
+    return tm.module, model
+
+
+@pytest.mark.parametrize("name", SMALLEST)
+def test_parity_small(name, converted):
+    _model, report = converted(name)
+    parity = report["parity"]["in_memory"]
+    print(f"{name} @ {SMALL}: max_rel {parity['max_rel']:.2e}")
+    assert parity["max_rel"] < TOL, parity
+    assert set(parity["features"]) == {"stage1", "stage2", "stage3", "stage4"}
+    assert parity["logits"]["top1"] == 1.0
+
+
+@pytest.mark.parametrize("name", SMALLEST)
+def test_odd_non_square_size(name):
+    # 75 x 93 -> 38 x 47 -> 19 x 24 -> 10 x 12 -> 5 x 6: every stride-2 conv (3x3 with padding 1
+    # and the 1x1 shortcut) sees odd and even sizes, where "same" and symmetric padding differ.
+    err = parity_at(name, 75, 93, input_size=SMALL)
+    assert err < TOL, err
+
+
+def test_squeeze_excite_width_follows_the_block_input():
+    """Pitfall: RegNet-Y's SE bottleneck is round(0.25 * block *input* width) in both sources,
+    not 0.25 * the width it gates (they differ in the first block of every stage). The mapping
+    would refuse a wrong width (shape mismatch); here the widths are read off the torch model and
+    the odd-size parity covers the SE path."""
+    module, model = _mapped("timm/regnety_004")
+    for name, sub in module.named_modules():
+        if name.endswith(".se"):
+            s, b = name.split(".")[:2]          # s2.b1 -> stage2_block1
+            keras_fc1 = model.get_layer(f"stage{s[1:]}_block{b[1:]}_se_fc1")
+            assert keras_fc1.filters == sub.fc1.out_channels, name
+    first = model.get_layer("stage2_block1_se_fc1")
+    assert first.filters == 12 and first.filters != int(round(0.25 * 104))   # in 48, out 104
+    err = parity_at("torchvision/regnet_y_400mf", 65, 77, input_size=SMALL)
+    assert err < TOL, err
+
+
+def test_pitfall_group_width_is_checked():
+    """Pitfall: the 3x3 conv is grouped (groups = width / group width). A wrong group width
+    gives kernels of another shape and other groups; the engine reports both instead of mapping."""
+    with pytest.raises(zoo.MappingError) as e:
+        _mapped("timm/regnetx_002", group_width=4)
+    msg = str(e.value)
+    assert "groups 3 != keras groups 6" in msg          # stage 1: 24 / 8 vs 24 / 4
+    assert "shape mismatch" in msg and "s1.b1.conv2.conv.weight" in msg
+
+
+@pytest.mark.parametrize("name", ["timm/regnetx_002", "timm/regnety_004", "timm/regnety_016",
+                                  "torchvision/regnet_x_400mf", "torchvision/regnet_y_400mf"])
+def test_recipe_widths_match_the_source(name):
+    """The recipe passes per-stage widths/depths/group width explicitly; they must be what the
+    source generates from its (w0, wa, wm, depth) parameters."""
+    variant, _ = get_variant(name)
+    kw = variant.builder_kwargs
+    module = build_source(variant.source)
+    if variant.source_kind == "timm":
+        stages = [getattr(module, f"s{i}") for i in range(1, 5)]
+        blocks = [list(s.children()) for s in stages]
+        conv2 = [b[0].conv2.conv for b in blocks]
+        assert [len(b) for b in blocks] == kw["depths"]
+    else:
+        blocks = [list(s.children()) for s in module.trunk_output]
+        conv2 = [b[0].f.b[0] for b in blocks]
+        assert [len(b) for b in blocks] == kw["depths"]
+    assert [c.out_channels for c in conv2] == kw["widths"]
+    assert [c.out_channels // c.groups for c in conv2] == [kw["group_width"]] * 4
+
+
+def test_features_only_gives_one_output_per_stage(converted):
+    import keras
+
+    from zoo.models.regnet import regnet
+
+    full, _ = converted("timm/regnetx_002")
+    variant, _ = get_variant("timm/regnetx_002")
+    feats = regnet(**variant.builder_kwargs, features_only=True)
+    assert [o.shape[-1] for o in feats.outputs] == [24, 56, 152, 368]
+    for layer in feats.layers:
+        layer.set_weights(full.get_layer(layer.name).get_weights())
+    x = np.random.default_rng(5).standard_normal((1, SMALL, SMALL, 3)).astype(np.float32)
+    outs = feats.predict_on_batch(x)
+    assert [o.shape[1] for o in outs] == [16, 8, 4, 2]   # strides 4 ... 32
+    probe = keras.Model(full.inputs, [full.get_layer(f"stage{i}").output for i in range(1, 5)])
+    for got, want in zip(outs, probe.predict_on_batch(x)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    pooled = regnet(**variant.builder_kwargs, include_top=False, pooling="avg")
+    assert pooled.output.shape == (None, 368)
