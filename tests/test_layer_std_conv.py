@@ -110,3 +110,12 @@ def test_std_conv_keras_file_round_trip(tmp_path):
     layer = loaded.get_layer("std")
     assert isinstance(layer, StdConv2D) and layer.eps == 1e-8
     np.testing.assert_array_equal(np.asarray(loaded.predict_on_batch(x)), before)
+
+
+def test_conv_check_refuses_a_plain_conv_or_another_eps_for_std_conv():
+    check = TRANSFORMS["conv2d"].check
+    torch_conv = StdConv2d(4, 6, 3, eps=1e-8)
+    assert check(torch_conv, StdConv2D(6, 3, eps=1e-8), {}) == []
+    assert "eps 1e-08 != keras eps 1e-06" in " ".join(check(torch_conv, StdConv2D(6, 3), {}))
+    assert "does not" in " ".join(check(torch_conv, keras.layers.Conv2D(6, 3), {}))
+    assert check(torch.nn.Conv2d(4, 6, 3), keras.layers.Conv2D(6, 3), {}) == []

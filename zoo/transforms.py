@@ -108,6 +108,16 @@ def _check_conv(module, layer, args):
     tg, kg = getattr(module, "groups", None), _keras_attr(layer, "groups")
     if tg is not None and kg is not None and tg != kg and type(layer).__name__ != "DepthwiseConv2D":
         problems.append(f"groups {tg} != keras groups {kg}")
+    # weight-standardised convs (timm StdConv2d) carry an eps; a plain Conv2D would compute
+    # something else with the very same variables
+    t_eps = getattr(module, "eps", None)
+    if t_eps is not None:
+        k_eps = _keras_attr(layer, "eps")
+        if k_eps is None:
+            problems.append(f"{type(module).__name__} standardises its weight (eps {t_eps}) but "
+                            f"keras {type(layer).__name__} does not")
+        elif not np.isclose(t_eps, k_eps, rtol=1e-6, atol=0):
+            problems.append(f"weight standardisation eps {t_eps} != keras eps {k_eps}")
     return problems
 
 
