@@ -173,7 +173,11 @@ def calibrate_norms_(module, input_size, in_chans=3, seed=PERTURB_SEED):
     was_training = module.training
     try:
         module.eval()
-        x = torch.randn((2, in_chans, input_size, input_size), generator=gen)
+        # noise and smooth image-like inputs (another seed than validation's): filters respond
+        # very differently to the two, and stats from noise alone leave smooth inputs unnormalised
+        from zoo.validate import make_inputs
+        x = torch.from_numpy(make_inputs(input_size, in_chans, {}, seed=seed + 1)
+                             .transpose(0, 3, 1, 2).copy())
         with torch.no_grad():
             module(x)
     finally:
