@@ -14,8 +14,8 @@ START, END = "<!-- catalogue:start -->", "<!-- catalogue:end -->"
 def table(index: dict) -> str:
     from zoo.catalog import get_variant, list_models
 
-    rows = ["| model | PyTorch source | Keras builder | weights converted | max rel error "
-            "| top-1 agreement |", "|---|---|---|---|---|---|"]
+    rows = ["| model | PyTorch source | Keras builder | weights converted | input | max rel error "
+            "| tolerance | top-1 agreement |", "|---|---|---|---|---|---|---|---|"]
     for name in list_models():
         v, _ = get_variant(name)
         r = index.get(name, {})
@@ -25,7 +25,10 @@ def table(index: dict) -> str:
         weights = r.get("weights") or "-"
         if status not in ("passed", "up to date"):
             err = status
-        rows.append(f"| `{name}` | `{v.source}` | `{v.builder}` | {weights} | {err} | {top1} |")
+        size = r.get("input_size") or v.input_size
+        tol = r.get("tolerance") or v.tolerance
+        rows.append(f"| `{name}` | `{v.source}` | `{v.builder}` | {weights} | {size} | {err} "
+                    f"| {tol:.0e} | {top1} |")
     return "\n".join(rows)
 
 

@@ -105,7 +105,8 @@ def _summary_row(name, result) -> dict:
     top1 = min((p["logits"].get("top1", 1.0) for p in parity.values() if "logits" in p),
                default=None)
     return {"status": result["status"], "weights": (report.get("weights") or {}).get("source"),
-            "max_rel": worst, "top1": top1, "seconds": result.get("seconds"),
+            "max_rel": worst, "top1": top1, "input_size": report.get("input_size"),
+            "tolerance": report.get("tolerance"), "seconds": result.get("seconds"),
             "error": ((result.get("error") or "").splitlines() or [""])[0][:300] or None,
             "warnings": result.get("warnings") or []}
 
