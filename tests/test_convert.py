@@ -129,6 +129,31 @@ def test_random_weights_are_well_conditioned_in_float32():
     assert np.abs(f32 - f64).max() / np.abs(f64).max() < 1e-5
 
 
+def test_report_measures_torchs_own_float32_error_and_failure_says_when_it_explains(
+        tmp_path, monkeypatch):
+    from helpers import recipe_copy
+
+    _, report = zoo.convert("timm/resnet18", input_size=SMALL)
+    floor = report["torch_float32_vs_float64"]
+    assert 0 < floor["max_rel"] < report["tolerance"] and set(floor["features"]) == \
+        set(report["parity"]["in_memory"]["features"])
+
+    def too_tight(data):   # a tolerance below float32 precision: fails, but nothing is mis-mapped
+        data["mapping"] = [r for r in data["mapping"] if "only" not in r]
+        for r in data["mapping"]:
+            r.pop("skip", None)
+        data["tolerance"] = 1e-9
+    recipe_copy(tmp_path, monkeypatch, "resnet", "timm/resnet18", "test/resnet18_tight", too_tight)
+    with pytest.raises(zoo.ValidationError, match="conditioning, not a mapping mistake"):
+        zoo.convert("test/resnet18_tight", input_size=SMALL)
+    # a real mapping mistake is far above torch's own float32 error: no such note
+    (tmp_path / "swapped").mkdir()
+    monkeypatch.setenv("ZOO_RECIPE_PATH", str(_swapped_bn_recipe(tmp_path / "swapped")))
+    with pytest.raises(zoo.ValidationError) as e:
+        zoo.convert("test/resnet18_swapped_bn", input_size=SMALL)
+    assert "conditioning" not in str(e.value)
+
+
 def test_failed_validation_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("ZOO_RECIPE_PATH", str(_swapped_bn_recipe(tmp_path)))
     out = tmp_path / "out"
