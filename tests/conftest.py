@@ -29,3 +29,41 @@ def converted(tmp_path_factory):
 
     get.root = root
     return get
+
+
+@pytest.fixture(scope="module")
+def converted_small():
+    """converted_small(name, input_size=SMALL) -> (keras model, report) of zoo.convert in memory
+    (random, perturbed weights), each (name, size) converted once per test module (module scope:
+    a session cache would keep every family's models, VGGs included, in memory to the end). Shared by the
+    family tests: a test that alters a model must restore it, and one that monkeypatches a
+    builder must get its model before patching."""
+    import zoo
+
+    cache = {}
+
+    def get(name, input_size=SMALL):
+        if (name, input_size) not in cache:
+            cache[name, input_size] = zoo.convert(name, input_size=input_size)
+        return cache[name, input_size]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def torch_model():
+    """torch_model(name) -> the perturbed torch module zoo.convert compares with (same seed:
+    same weights), built once per test module. Shared: tests only read it (hooks they add are
+    removed again); a test that changes it needs a fresh one."""
+    from zoo.catalog import get_variant
+    from zoo.conversion.sources import load_torch_model
+
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            variant, tag = get_variant(name)
+            cache[name] = load_torch_model(variant, tag, "random").module
+        return cache[name]
+
+    return get

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,3 +42,209 @@ def parity_at(name, height, width, batch=2, **convert_kwargs):
         ref = tm.module(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
     got = np.asarray(model.predict_on_batch(x))
     return float(np.abs(got - ref).max() / np.abs(ref).max())
+
+
+# ------------------------------------------------------------------ family tests
+# Torch and Keras are imported inside the functions: this module is loaded by conftest, before
+# any test has asked for Keras.
+
+def random_input(h=SMALL, w=SMALL, n=2, seed=0, channels=3):
+    """A float32 NHWC batch of standard-normal pixels from a fixed seed."""
+    import numpy as np
+
+    return np.random.default_rng(seed).standard_normal((n, h, w, channels)).astype(np.float32)
+
+
+def torch_nhwc(module, x):
+    """The torch module's output (no grad) for an NHWC numpy batch, as numpy."""
+    import torch
+
+    with torch.no_grad():
+        return module(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+
+
+def rel(got, ref):
+    """max|got - ref| / max|ref|."""
+    import numpy as np
+
+    return float(np.abs(np.asarray(got) - ref).max() / np.abs(ref).max())
+
+
+def rel_err(module, model, h=SMALL, w=SMALL, feature=None):
+    """max|keras - torch| / max|torch| of the logits on a fixed (2, h, w, 3) input, or of an
+    intermediate output (feature = (torch module path, keras layer name))."""
+    import keras
+    import numpy as np
+    import torch
+
+    x = np.random.default_rng(11).standard_normal((2, h, w, 3)).astype(np.float32)
+    captured = {}
+    hook = None
+    if feature:
+        hook = module.get_submodule(feature[0]).register_forward_hook(
+            lambda _m, _i, out: captured.__setitem__("f", out.detach().clone()))
+        model = keras.Model(model.inputs, model.get_layer(feature[1]).output)
+    try:
+        with torch.no_grad():
+            ref = module(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    finally:
+        if hook:
+            hook.remove()
+    if feature:
+        ref = captured["f"].permute(0, 2, 3, 1).numpy()
+    got = np.asarray(model.predict_on_batch(x))
+    return float(np.abs(got - ref).max() / np.abs(ref).max())
+
+
+@contextmanager
+def keras_float64():
+    """Build Keras layers in float64 (their dtype policy is fixed at construction)."""
+    import keras
+
+    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(floatx)
+        keras.config.set_dtype_policy(policy)
+
+
+def build(name, **builder_overrides):
+    """The Keras model of variant `name`, built with the recipe's kwargs + overrides (the
+    builder is looked up at call time: whatever a test monkeypatched in its module applies)."""
+    from zoo.catalog import get_variant
+    from zoo.models import get_builder
+
+    variant, _ = get_variant(name)
+    return get_builder(variant.builder)(**{**variant.builder_kwargs, **builder_overrides})
+
+
+def plan_for(name, module, model):
+    """The mapping plan of the torch `module`'s weights onto the Keras `model` with the rules
+    of variant `name` (raises zoo.MappingError where the engine refuses)."""
+    from zoo.catalog import get_variant
+    from zoo.conversion.mapping import plan_mapping
+
+    variant, _ = get_variant(name)
+    state = {k: v.detach().numpy() for k, v in module.state_dict().items()}
+    return plan_mapping(state, model, variant.rules, variant.recipe.ignore,
+                        modules=dict(module.named_modules()), context=name)
+
+
+def mapped_onto(name, module, **builder_overrides):
+    """Keras model built with the recipe's kwargs + overrides, with `module`'s weights mapped."""
+    from zoo.conversion.mapping import apply_plan
+
+    model = build(name, **builder_overrides)
+    apply_plan(model, plan_for(name, module, model))
+    return model
+
+
+def mapped(name, float64=False, **builder_overrides):
+    """(perturbed torch module, Keras model built with the recipe's kwargs + overrides, mapped):
+    a fresh torch module (same seed as zoo.convert). float64: the Keras model is built in
+    float64 and the torch module converted to double after mapping."""
+    from zoo.catalog import get_variant
+    from zoo.conversion.mapping import apply_plan
+    from zoo.conversion.sources import load_torch_model
+
+    variant, tag = get_variant(name)
+    module = load_torch_model(variant, tag, "random").module
+    with keras_float64() if float64 else nullcontext():
+        model = build(name, **builder_overrides)
+    apply_plan(model, plan_for(name, module, model))
+    return (module.double() if float64 else module), model
+
+
+def copy_weights(src, dst):
+    """Copy `src`'s weights into `dst` layer by layer (by name), for every layer that has any."""
+    for layer in dst.layers:
+        if layer.weights:
+            layer.set_weights(src.get_layer(layer.name).get_weights())
+    return dst
+
+
+def rebuilt(full, name, **builder_overrides):
+    """The recipe's Keras model built again with `builder_overrides` (and whatever a test
+    monkeypatched in the builder's module), carrying `full`'s weights copied layer by layer
+    (the overrides change functions, not variable names or shapes)."""
+    return copy_weights(full, build(name, **builder_overrides))
+
+
+def validation_parity(name, module, model, x, tolerance):
+    """What validation measures: worst max_rel over the logits and every recipe feature."""
+    from zoo.catalog import get_variant
+    from zoo.conversion.pipeline import torch_outputs
+    from zoo.validate import compare_outputs, keras_outputs
+
+    feats = dict(get_variant(name)[0].features)
+    return compare_outputs(torch_outputs(module, x, feats),
+                           keras_outputs(model, x, list(feats.values())), tolerance)
+
+
+def pipeline_parity(name):
+    """What zoo.convert measures at SMALL, on a model prepared by the pipeline (without its
+    layer-by-layer diagnosis of a failure): builders monkeypatched by the test apply."""
+    from zoo.conversion.pipeline import prepare, torch_outputs
+    from zoo.validate import compare_outputs, keras_outputs, make_inputs
+
+    variant, tm, _, model, _ = prepare(name)
+    x = make_inputs(SMALL, 3, tm.preprocessing)
+    features = dict(variant.features)
+    return compare_outputs(torch_outputs(tm.module, x, features),
+                           keras_outputs(model, x, list(features.values())), variant.tolerance)
+
+
+def assert_small_parity(report, stages, tolerance):
+    """The in-memory parity of a zoo.convert report: under `tolerance`, compared at exactly
+    stage1 .. stage{stages} (or the given feature names), same top-1 on every input."""
+    parity = report["parity"]["in_memory"]
+    names = {f"stage{i}" for i in range(1, stages + 1)} if isinstance(stages, int) else set(stages)
+    assert parity["max_rel"] < tolerance, parity
+    assert set(parity["features"]) == names
+    assert parity["logits"]["top1"] == 1.0
+    return parity
+
+
+def assert_features_match(feats, full, x, stages):
+    """Give the features_only model `feats` the weights of `full` (every one of its layers must
+    exist in `full` by name) and check that its outputs on `x` are `full`'s stage1 ..
+    stage{stages} outputs. Returns the outputs."""
+    import keras
+    import numpy as np
+
+    for layer in feats.layers:
+        layer.set_weights(full.get_layer(layer.name).get_weights())
+    outs = feats.predict_on_batch(x)
+    probe = keras.Model(full.inputs, [full.get_layer(f"stage{i}").output
+                                      for i in range(1, stages + 1)])
+    for got, want in zip(outs, probe.predict_on_batch(x)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    return outs
+
+
+def recipe_copy(tmp_path, monkeypatch, recipe, variant, new_name, edit):
+    """A copy of recipes/<recipe>.yaml, changed by `edit(data)`, holding only `variant` renamed
+    `new_name`, put first on ZOO_RECIPE_PATH for this test."""
+    import yaml
+
+    data = yaml.safe_load((ROOT / "recipes" / f"{recipe}.yaml").read_text())
+    edit(data)
+    data["variants"] = {new_name: data["variants"][variant]}
+    (tmp_path / f"{new_name.replace('/', '_')}.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("ZOO_RECIPE_PATH",
+                       os.pathsep.join([str(tmp_path), os.environ.get("ZOO_RECIPE_PATH", "")]))
+
+
+def plain_linear(torch_pattern):
+    """A recipe edit for recipe_copy: the rule for `torch_pattern` maps the Linear after the
+    flatten with plain `linear` instead of `linear_after_flatten` (the flatten-order pitfall)."""
+    def edit(data):
+        for rule in data["mapping"]:
+            if rule["torch"] == torch_pattern:
+                assert rule["transform"] == "linear_after_flatten"
+                rule["transform"] = "linear"
+                rule.pop("args")
+    return edit

@@ -53,12 +53,13 @@ def test_fused_norm_activation_is_compared_before_its_activation():
     assert result["first_divergent"] is None
 
 
-def test_transposed_kernel_in_one_block(recipes):
-    if "conv2d_kernel_swapped" not in TRANSFORMS:
-        conv = TRANSFORMS["conv2d"]
-        register(Transform("conv2d_kernel_swapped",
-                           {"weight": ("kernel", lambda a, **_: a.transpose(3, 2, 1, 0)),
-                            "bias": conv.leaves["bias"]}, "test only: kh/kw swapped"))
+def test_transposed_kernel_in_one_block(recipes, request):
+    conv = TRANSFORMS["conv2d"]
+    # test-only transform: unregistered afterwards (the registry is global to the session)
+    request.addfinalizer(lambda: TRANSFORMS.pop("conv2d_kernel_swapped", None))
+    register(Transform("conv2d_kernel_swapped",
+                       {"weight": ("kernel", lambda a, **_: a.transpose(3, 2, 1, 0)),
+                        "bias": conv.leaves["bias"]}, "test only: kh/kw swapped"))
 
     def edit(data, v):
         data["mapping"].insert(0, {"torch": r"layer3\.1\.conv1", "keras": "stage3_block1_conv1",

@@ -11,12 +11,21 @@ import keras
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import zoo
-from helpers import ROOT, SMALL, parity_at
-from zoo.catalog import get_variant
-from zoo.conversion.sources import load_torch_model
+from helpers import (
+    SMALL,
+    assert_features_match,
+    assert_small_parity,
+    build,
+    mapped,
+    mapped_onto,
+    parity_at,
+    random_input,
+    recipe_copy,
+    rel,
+    torch_nhwc,
+)
 from zoo.layers.grn import GlobalResponseNorm
 from zoo.layers.layer_scale import LayerScale
 
@@ -24,70 +33,12 @@ TOL = 1e-4
 SMALLEST = ["timm/convnext_atto", "timm/convnextv2_atto", "torchvision/convnext_tiny"]
 
 
-@pytest.fixture(scope="module")
-def converted():
-    """converted(name) -> (keras model, report) at SMALL, each converted once per module."""
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            cache[name] = zoo.convert(name, input_size=SMALL)
-        return cache[name]
-
-    return get
-
-
-@pytest.fixture(scope="module")
-def torch_module():
-    """torch_module(name) -> the perturbed torch model zoo.convert compares with (same seed)."""
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            variant, tag = get_variant(name)
-            cache[name] = load_torch_model(variant, tag, "random").module
-        return cache[name]
-
-    return get
-
-
-def _torch_nhwc(module, x):
-    with torch.no_grad():
-        return module(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
-
-
-def _rel(got, ref):
-    return float(np.abs(np.asarray(got) - ref).max() / np.abs(ref).max())
-
-
-def _mapped(name, **builder_overrides):
-    """(perturbed torch module, Keras model built with the recipe's kwargs + overrides, mapped)."""
-    from zoo.conversion.mapping import apply_plan, plan_mapping
-    from zoo.models import get_builder
-
-    variant, tag = get_variant(name)
-    tm = load_torch_model(variant, tag, "random")
-    model = get_builder(variant.builder)(**{**variant.builder_kwargs, **builder_overrides})
-    plan = plan_mapping(tm.state_dict_numpy(), model, variant.rules, variant.recipe.ignore,
-                        modules=dict(tm.module.named_modules()), context=name)
-    apply_plan(model, plan)
-    return tm.module, model
-
-
-def _input(h=SMALL, w=SMALL, n=2, seed=0):
-    return np.random.default_rng(seed).standard_normal((n, h, w, 3)).astype(np.float32)
-
-
 # ------------------------------------------------------------------ parity
 
 @pytest.mark.parametrize("name", SMALLEST)
-def test_parity_small(name, converted):
-    _model, report = converted(name)
-    parity = report["parity"]["in_memory"]
+def test_parity_small(name, converted_small):
+    parity = assert_small_parity(converted_small(name)[1], 4, TOL)
     print(f"{name} @ {SMALL}: max_rel {parity['max_rel']:.2e}")
-    assert parity["max_rel"] < TOL, parity
-    assert set(parity["features"]) == {"stage1", "stage2", "stage3", "stage4"}
-    assert parity["logits"]["top1"] == 1.0
 
 
 @pytest.mark.parametrize("name", ["timm/convnext_atto", "timm/convnextv2_atto"])
@@ -98,14 +49,14 @@ def test_odd_non_square_size(name):
     assert err < TOL, err
 
 
-def test_torchvision_at_odd_non_square_size(converted, torch_module):
+def test_torchvision_at_odd_non_square_size(converted_small, torch_model):
     name = "torchvision/convnext_tiny"
-    model, _ = converted(name)
-    module = torch_module(name)
-    x = _input(67, 93, seed=3)
-    ref = _torch_nhwc(module, x)
+    model, _ = converted_small(name)
+    module = torch_model(name)
+    x = random_input(67, 93, seed=3)
+    ref = torch_nhwc(module, x)
     got = model.predict_on_batch(x)
-    assert _rel(got, ref) < TOL
+    assert rel(got, ref) < TOL
     assert (np.asarray(got).argmax(1) == ref.argmax(1)).all()
 
 
@@ -153,7 +104,7 @@ def test_pitfall_global_response_norm_formula():
 
     l2 = np.sqrt((x ** 2).sum(axis=(1, 2), keepdims=True))
     nx = l2 / (l2.mean(axis=-1, keepdims=True) + 1e-6)
-    assert _rel(x * (1 + g * nx) + b, ref) < 1e-5                      # equivalent form
+    assert rel(x * (1 + g * nx) + b, ref) < 1e-5                      # equivalent form
     wrong = {
         "no residual": g * (x * nx) + b,
         "spatial mean, not L2 norm": x + b + g * x * (
@@ -163,11 +114,11 @@ def test_pitfall_global_response_norm_formula():
             l2 / (np.sqrt((x ** 2).mean(axis=-1, keepdims=True)) + 1e-6)),
     }
     for what, y in wrong.items():
-        assert _rel(y, ref) > 1e-2, what
+        assert rel(y, ref) > 1e-2, what
     layer = GlobalResponseNorm()
     layer.build(x.shape)
     layer.set_weights([g, b])
-    assert _rel(layer(x), ref) < 1e-5
+    assert rel(layer(x), ref) < 1e-5
 
 
 @pytest.mark.parametrize("layout, torch_shape", [("timm", (12,)), ("torchvision", (12, 1, 1))])
@@ -208,16 +159,16 @@ def test_layers_round_trip_through_a_keras_file(tmp_path):
 
 # ------------------------------------------------------------------ pitfalls
 
-def test_pitfall_exact_gelu(converted, torch_module):
+def test_pitfall_exact_gelu(converted_small, torch_model):
     """nn.GELU / timm GELU are the exact (erf) form. The tanh approximation is close: at these
     perturbed weights it moves ConvNeXt's logits by ~2e-5 relative (V1 atto) -- 30x the exact
     model's error but under the family tolerance 1e-4 -- and ConvNeXt V2's by ~1.4e-4. So V1
     can only show it at a tight tolerance; exact GELU keeps both at float32 noise (< 2e-6)."""
     for name, min_err in [("timm/convnext_atto", 5e-6), ("timm/convnextv2_atto", TOL)]:
-        model, _ = converted(name)
-        x = _input()
-        ref = _torch_nhwc(torch_module(name), x)
-        exact = _rel(model(x), ref)
+        model, _ = converted_small(name)
+        x = random_input()
+        ref = torch_nhwc(torch_model(name), x)
+        exact = rel(model(x), ref)
         assert exact < 2e-6, (name, exact)
         acts = [layer for layer in model.layers if layer.name.endswith("_act")]
         assert len(acts) == 12
@@ -225,7 +176,7 @@ def test_pitfall_exact_gelu(converted, torch_module):
             for layer in acts:
                 assert layer.activation is keras.activations.gelu   # Keras 3: approximate=False
                 layer.activation = functools.partial(keras.activations.gelu, approximate=True)
-            tanh = _rel(model(x), ref)    # eager call: uses the swapped activations
+            tanh = rel(model(x), ref)    # eager call: uses the swapped activations
         finally:
             for layer in acts:
                 layer.activation = keras.activations.gelu
@@ -236,7 +187,7 @@ def test_pitfall_layernorm_eps():
     """ConvNeXt's LayerNorms use eps 1e-6 (Keras' default is 1e-3): the engine refuses a model
     with another eps, naming every LayerNorm, instead of producing a silently-off model."""
     with pytest.raises(zoo.MappingError) as e:
-        _mapped("timm/convnext_atto", norm_eps=1e-3)
+        mapped("timm/convnext_atto", norm_eps=1e-3)
     msg = str(e.value)
     assert "eps 1e-06 != keras epsilon 0.001" in msg
     assert "torch module 'stem.1' -> keras layer 'stem_norm'" in msg
@@ -244,16 +195,12 @@ def test_pitfall_layernorm_eps():
     assert "17 problem(s)" in msg   # stem, 3 downsamples, 12 blocks, head
 
 
-def _swapped_dw_recipe(tmp_path):
-    """A deliberately wrong copy of the recipe: the depthwise convs of stage 1's blocks 0 and 1
-    swapped (same shapes, so only the numbers can tell)."""
-    data = yaml.safe_load((ROOT / "recipes" / "convnext.yaml").read_text())
+def _swap_stage1_dw(data):
+    """A deliberately wrong recipe: the depthwise convs of stage 1's blocks 0 and 1 swapped
+    (same shapes, so only the numbers can tell)."""
     swap = [{"torch": rf"stages\.0\.blocks\.{a}\.conv_dw", "keras": f"stage1_block{b}_conv_dw",
              "transform": "depthwise"} for a, b in ((0, 1), (1, 0))]
     data["mapping"] = swap + data["mapping"]     # first match wins
-    data["variants"] = {"test/convnext_atto_swapped_dw": data["variants"]["timm/convnext_atto"]}
-    (tmp_path / "swapped.yaml").write_text(yaml.safe_dump(data))
-    return tmp_path
 
 
 def test_pitfall_layer_scale_init_hides_mapping_bugs(tmp_path, monkeypatch):
@@ -262,56 +209,42 @@ def test_pitfall_layer_scale_init_hides_mapping_bugs(tmp_path, monkeypatch):
     (the scales too), and the same mistake then fails validation."""
     import timm
 
-    from zoo.conversion.mapping import apply_plan, plan_mapping
-    from zoo.models import get_builder
     from zoo.validate import compare
 
-    monkeypatch.setenv("ZOO_RECIPE_PATH", str(_swapped_dw_recipe(tmp_path)))
-    variant, _ = get_variant("test/convnext_atto_swapped_dw")
+    name = "test/convnext_atto_swapped_dw"
+    recipe_copy(tmp_path, monkeypatch, "convnext", "timm/convnext_atto", name, _swap_stage1_dw)
     module = timm.create_model("convnext_atto").eval()
-    model = get_builder("convnext")(**variant.builder_kwargs)
-    state = {k: v.numpy() for k, v in module.state_dict().items()}
-    apply_plan(model, plan_mapping(state, model, variant.rules, variant.recipe.ignore,
-                                  modules=dict(module.named_modules())))
-    x = _input()
-    blind = compare(_torch_nhwc(module, x), model.predict_on_batch(x))
+    model = mapped_onto(name, module)   # builder "convnext", the swapped rules
+    x = random_input()
+    blind = compare(torch_nhwc(module, x), model.predict_on_batch(x))
     assert blind["max_rel"] < 1e-5
     with pytest.raises(zoo.ValidationError) as e:
-        zoo.convert("test/convnext_atto_swapped_dw", input_size=SMALL)
+        zoo.convert(name, input_size=SMALL)
     parity = e.value.report["parity"]["in_memory"]
     assert parity["features"]["stage1"]["max_rel"] > 10 * TOL, parity
     assert not parity["passed"]
 
 
-def test_pitfall_drop_path_is_identity_at_inference(converted, torch_module):
+def test_pitfall_drop_path_is_identity_at_inference(converted_small, torch_model):
     """torchvision's stochastic depth (0.1) is kept for training as per-sample Dropout on the
     residual branches; inference must be deterministic and equal torch's eval()."""
     name = "torchvision/convnext_tiny"
-    model, _ = converted(name)
+    model, _ = converted_small(name)
     drop = [layer for layer in model.layers if layer.name.endswith("_drop_path")]
     assert len(drop) == 17 and max(layer.rate for layer in drop) == pytest.approx(0.1)
-    x = _input(n=4, seed=4)
-    ref = _torch_nhwc(torch_module(name), x)
+    x = random_input(n=4, seed=4)
+    ref = torch_nhwc(torch_model(name), x)
     first = model.predict_on_batch(x)
     np.testing.assert_array_equal(first, model.predict_on_batch(x))
-    assert _rel(first, ref) < TOL
-    assert _rel(model(x, training=True), ref) > 1e-3
+    assert rel(first, ref) < TOL
+    assert rel(model(x, training=True), ref) > 1e-3
 
 
-def test_features_only_gives_one_output_per_stage(converted):
-    from zoo.models.convnext import convnext
-
-    full, _ = converted("timm/convnext_atto")
-    variant, _ = get_variant("timm/convnext_atto")
-    feats = convnext(**variant.builder_kwargs, features_only=True)
+def test_features_only_gives_one_output_per_stage(converted_small):
+    full, _ = converted_small("timm/convnext_atto")
+    feats = build("timm/convnext_atto", features_only=True)
     assert [o.shape[-1] for o in feats.outputs] == [40, 80, 160, 320]
-    for layer in feats.layers:
-        layer.set_weights(full.get_layer(layer.name).get_weights())
-    x = _input(n=1, seed=5)
-    outs = feats.predict_on_batch(x)
+    outs = assert_features_match(feats, full, random_input(n=1, seed=5), 4)
     assert [o.shape[1] for o in outs] == [16, 8, 4, 2]   # strides 4 ... 32
-    probe = keras.Model(full.inputs, [full.get_layer(f"stage{i}").output for i in range(1, 5)])
-    for got, want in zip(outs, probe.predict_on_batch(x)):
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
-    pooled = convnext(**variant.builder_kwargs, include_top=False, pooling="avg")
+    pooled = build("timm/convnext_atto", include_top=False, pooling="avg")
     assert pooled.output.shape == (None, 320)

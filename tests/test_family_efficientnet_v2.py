@@ -6,72 +6,31 @@ init and unnormalising BN statistics double the residual stream block after bloc
 gates then flip with summation order); the pipeline re-estimates BN statistics after perturbing,
 so float32 parity holds (test_parity_small_timm_float32). The float64 tests check that the
 mapping is exact (~1e-11), where any mapping, padding or eps mistake is O(1e-2) or more."""
-from contextlib import contextmanager, nullcontext
-
 import numpy as np
 import pytest
-import torch
 
 import zoo
-from helpers import SMALL
+from helpers import SMALL, build, copy_weights, keras_float64, mapped, parity_at, rel, torch_nhwc
 from zoo.catalog import get_variant
-from zoo.conversion.sources import load_torch_model
 
 TOL = 1e-4
 TOL_F64 = 1e-8
-
-
-def _torch_nhwc(module, x):
-    with torch.no_grad():
-        return module(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
-
-
-def _rel(got, ref):
-    return float(np.abs(np.asarray(got) - ref).max() / np.abs(ref).max())
-
-
-@contextmanager
-def _float64():
-    """Build Keras layers in float64 (their dtype policy is fixed at construction)."""
-    import keras
-
-    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    try:
-        yield
-    finally:
-        keras.config.set_floatx(floatx)
-        keras.config.set_dtype_policy(policy)
+TF_V2_S = "timm/tf_efficientnetv2_s"
+TV_V2_S = "torchvision/efficientnet_v2_s"
 
 
 def _mapped(name, float64=False, **builder_overrides):
     """(torch module, Keras model, variant): perturbed weights, recipe kwargs + overrides."""
-    from zoo.conversion.mapping import apply_plan, plan_mapping
-    from zoo.models import get_builder
-
-    variant, tag = get_variant(name)
-    tm = load_torch_model(variant, tag, "random")
-    with _float64() if float64 else nullcontext():
-        model = get_builder(variant.builder)(**{**variant.builder_kwargs, **builder_overrides})
-    plan = plan_mapping(tm.state_dict_numpy(), model, variant.rules, variant.recipe.ignore,
-                        modules=dict(tm.module.named_modules()), context=name)
-    apply_plan(model, plan)
-    return (tm.module.double() if float64 else tm.module), model, variant
+    return (*mapped(name, float64=float64, **builder_overrides), get_variant(name)[0])
 
 
 @pytest.fixture(scope="module")
 def tf_v2_s():
-    return _mapped("timm/tf_efficientnetv2_s", float64=True)
+    return _mapped(TF_V2_S, float64=True)
 
 
-@pytest.fixture(scope="module")
-def tv_v2_s():
-    return zoo.convert("torchvision/efficientnet_v2_s", input_size=SMALL)
-
-
-def test_parity_small_torchvision(tv_v2_s):
-    _model, report = tv_v2_s
+def test_parity_small_torchvision(converted_small):
+    _model, report = converted_small(TV_V2_S)
     parity = report["parity"]["in_memory"]
     assert parity["max_rel"] < TOL, parity
     assert set(parity["features"]) == {f"stage{i}" for i in range(1, 7)}
@@ -100,8 +59,6 @@ def test_parity_small_timm_rw_s_float64():
 
 @pytest.mark.parametrize("name", ["timm/efficientnetv2_rw_s", "timm/tf_efficientnetv2_s"])
 def test_parity_small_timm_float32(name):
-    from helpers import parity_at
-
     assert parity_at(name, SMALL, SMALL, input_size=SMALL) < TOL
 
 
@@ -109,15 +66,13 @@ def test_odd_non_square_size_tf_same(tf_v2_s):
     # 75 x 93: strided layers see both parities, TF "SAME" is asymmetric on the even ones.
     module, model, _ = tf_v2_s
     x = np.random.default_rng(3).standard_normal((2, 75, 93, 3))
-    assert _rel(model.predict_on_batch(x), _torch_nhwc(module, x)) < TOL_F64
+    assert rel(model.predict_on_batch(x), torch_nhwc(module, x)) < TOL_F64
 
 
-def test_odd_non_square_size_symmetric(tv_v2_s):
-    model, _ = tv_v2_s
-    variant, tag = get_variant("torchvision/efficientnet_v2_s")
-    module = load_torch_model(variant, tag, "random").module   # same seed: same weights
+def test_odd_non_square_size_symmetric(converted_small, torch_model):
+    model, _ = converted_small(TV_V2_S)
     x = np.random.default_rng(3).standard_normal((2, 75, 93, 3)).astype(np.float32)
-    assert _rel(model.predict_on_batch(x), _torch_nhwc(module, x)) < TOL
+    assert rel(model.predict_on_batch(x), torch_nhwc(torch_model(TV_V2_S), x)) < TOL
 
 
 # ------------------------------------------------------------------ pitfalls
@@ -126,24 +81,20 @@ def test_pitfall_torchvision_v2_bn_eps_is_1e_3():
     """Unlike torchvision's B0-B7 (BatchNorm2d default 1e-5), V2 uses eps 1e-3: building it
     with the V1 default is refused by the engine."""
     with pytest.raises(zoo.MappingError, match=r"eps 0\.001 != keras epsilon 1e-05"):
-        _mapped("torchvision/efficientnet_v2_s", bn_eps=1e-5)
+        mapped(TV_V2_S, bn_eps=1e-5)
 
 
 def test_pitfall_tf_same_padding_in_fused_blocks(tf_v2_s):
     """The fused blocks' strided 3x3 expansion convs (not depthwise) need TF "SAME" too: the
     same weights in a symmetric-padding model are far off at an even size."""
-    module, good, variant = tf_v2_s
-    from zoo.models import get_builder
-
-    with _float64():
-        wrong = get_builder(variant.builder)(**{**variant.builder_kwargs, "tf_padding": False})
-    for layer in wrong.layers:
-        if layer.weights:   # the symmetric model has extra ZeroPadding2D layers
-            layer.set_weights(good.get_layer(layer.name).get_weights())
+    module, good, _ = tf_v2_s
+    with keras_float64():
+        wrong = build(TF_V2_S, tf_padding=False)
+    copy_weights(good, wrong)   # layers with weights: the symmetric model has extra ZeroPadding2D
     x = np.random.default_rng(0).standard_normal((2, SMALL, SMALL, 3))
-    ref = _torch_nhwc(module, x)
-    assert _rel(good.predict_on_batch(x), ref) < TOL_F64
-    assert _rel(wrong.predict_on_batch(x), ref) > 1e-2
+    ref = torch_nhwc(module, x)
+    assert rel(good.predict_on_batch(x), ref) < TOL_F64
+    assert rel(wrong.predict_on_batch(x), ref) > 1e-2
 
 
 def test_pitfall_rw_s_fused_stage1_has_two_convs():
@@ -151,7 +102,7 @@ def test_pitfall_rw_s_fused_stage1_has_two_convs():
     convs (3x3 + 1x1 projection), unlike tf_efficientnetv2_s / torchvision (3x3 only): the
     builder's `arch` must follow the source or the mapping leaves tensors unassigned."""
     with pytest.raises(zoo.MappingError, match=r"blocks\.0\.0\.conv_exp\.weight"):
-        _mapped("timm/efficientnetv2_rw_s", arch="s")
+        mapped("timm/efficientnetv2_rw_s", arch="s")
 
 
 def test_features_only_gives_one_output_per_stage():

@@ -5,69 +5,30 @@ import pytest
 import torch
 
 import zoo
-from helpers import SMALL
+from helpers import assert_features_match, assert_small_parity, mapped_onto, random_input, validation_parity
 from zoo.catalog import get_variant
-from zoo.conversion.sources import load_torch_model
 
 NAME = "torchvision/googlenet"
 TOL = 1e-4
+# With random weights the logits of this model hardly depend on the input (see the recipe): the
+# stage features of validation_parity are what catch input-side mistakes.
 
 
-@pytest.fixture(scope="module")
-def converted():
-    return zoo.convert(NAME, input_size=SMALL)
-
-
-@pytest.fixture(scope="module")
-def module():
+@pytest.fixture
+def module(torch_model):
     """The perturbed torch model (fixed seed: the weights zoo.convert uses)."""
-    variant, tag = get_variant(NAME)
-    return load_torch_model(variant, tag, "random").module
+    return torch_model(NAME)
 
 
-def _parity(module, model, x):
-    """What validation measures: worst max_rel over the logits and every recipe feature.
-    (With random weights the logits of this model hardly depend on the input, see the recipe;
-    the stage features are what catch input-side mistakes.)"""
-    from zoo.conversion.pipeline import torch_outputs
-    from zoo.validate import compare_outputs, keras_outputs
-
-    feats = dict(get_variant(NAME)[0].features)
-    return compare_outputs(torch_outputs(module, x, feats),
-                           keras_outputs(model, x, list(feats.values())), TOL)
+def test_parity_small(converted_small):
+    assert_small_parity(converted_small(NAME)[1], 4, TOL)
 
 
-def _mapped(module, **builder_overrides):
-    """Keras model built with the recipe's kwargs + overrides, with `module`'s weights mapped."""
-    from zoo.conversion.mapping import apply_plan, plan_mapping
-    from zoo.models import get_builder
-
-    variant, _ = get_variant(NAME)
-    model = get_builder(variant.builder)(**{**variant.builder_kwargs, **builder_overrides})
-    state = {k: v.detach().numpy() for k, v in module.state_dict().items()}
-    plan = plan_mapping(state, model, variant.rules, variant.recipe.ignore,
-                        modules=dict(module.named_modules()), context=NAME)
-    apply_plan(model, plan)
-    return model
-
-
-def _inputs(h, w, seed=0):
-    return np.random.default_rng(seed).standard_normal((2, h, w, 3)).astype(np.float32)
-
-
-def test_parity_small(converted):
-    _model, report = converted
-    parity = report["parity"]["in_memory"]
-    assert parity["max_rel"] < TOL, parity
-    assert set(parity["features"]) == {"stage1", "stage2", "stage3", "stage4"}
-    assert parity["logits"]["top1"] == 1.0
-
-
-def test_parity_at_odd_non_square_size(converted, module):
+def test_parity_at_odd_non_square_size(converted_small, module):
     # 75 x 93 -> 38 x 47 -> ceil-mode pools 19 x 24 -> 10 x 12 -> 5 x 6 -> 3 x 3: every max-pool
     # sees an odd or even size on some axis, so the partial ceil_mode window is exercised.
-    model, _ = converted
-    parity = _parity(module, model, _inputs(75, 93, seed=3))
+    model, _ = converted_small(NAME)
+    parity = validation_parity(NAME, module, model, random_input(75, 93, seed=3), TOL)
     assert parity["passed"], parity
     assert parity["features"]["stage4"]["max_rel"] < TOL and parity["logits"]["top1"] == 1.0
 
@@ -87,8 +48,8 @@ def test_random_pretrained_and_recipe_agree_on_the_torch_config(module):
 def test_pitfall_transform_input_must_match_the_torch_model(module):
     """The torch model re-normalises its input (ImageNet mean/std -> (x - 0.5) / 0.5); a Keras
     model without that step sees differently scaled pixels."""
-    wrong = _mapped(module, transform_input=False)
-    parity = _parity(module, wrong, _inputs(SMALL, SMALL))
+    wrong = mapped_onto(NAME, module, transform_input=False)
+    parity = validation_parity(NAME, module, wrong, random_input(), TOL)
     assert parity["features"]["stage1"]["max_rel"] > 1e-1, parity
 
 
@@ -101,7 +62,7 @@ def test_transform_input_layer_matches_torch_and_survives_keras_save(tmp_path, m
     model = keras.Model(inputs, transform_input_layer(inputs))
     model.save(tmp_path / "t.keras")
     reloaded = keras.saving.load_model(tmp_path / "t.keras", safe_mode=True)
-    x = _inputs(7, 5)
+    x = random_input(7, 5)
     with torch.no_grad():
         ref = module._transform_input(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
     ref = ref.numpy().transpose(0, 2, 3, 1)
@@ -112,7 +73,7 @@ def test_pitfall_bn_eps_is_1e_3(module):
     """torchvision's BasicConv2d uses BatchNorm eps 1e-3; a Keras model with torch's default
     1e-5 is refused by the engine (every BatchNorm reported) instead of converted slightly off."""
     with pytest.raises(zoo.MappingError) as e:
-        _mapped(module, bn_eps=1e-5)
+        mapped_onto(NAME, module, bn_eps=1e-5)
     msg = str(e.value)
     assert "eps 0.001 != keras epsilon 1e-05" in msg
     assert "torch module 'conv1.bn' -> keras layer 'conv1_bn'" in msg
@@ -130,25 +91,18 @@ def test_pitfall_max_pool_ceil_mode(monkeypatch, module):
         return TorchMaxPool2D(*args, **{**kwargs, "ceil_mode": False})
 
     monkeypatch.setattr(gmod, "TorchMaxPool2D", floor_mode)
-    wrong = _mapped(module)
-    parity = _parity(module, wrong, _inputs(SMALL, SMALL))
+    wrong = mapped_onto(NAME, module)
+    parity = validation_parity(NAME, module, wrong, random_input(), TOL)
     # 64 -> conv1 32 -> maxpool1: 16 (ceil) vs 15 (floor): stage1 does not even have the same size
     assert parity["features"]["stage1"]["error"] == "shape (2, 15, 15, 192) != reference (2, 16, 16, 192)"
     assert not parity["passed"] and parity["logits"]["max_rel"] > 1e-4, parity
 
 
-def test_features_only_gives_one_output_per_stage(converted):
+def test_features_only_gives_one_output_per_stage(converted_small):
     from zoo.models.googlenet import googlenet
 
-    full, _ = converted
+    full, _ = converted_small(NAME)
     feats = googlenet(transform_input=True, features_only=True)
     assert [o.shape[-1] for o in feats.outputs] == [192, 480, 832, 1024]
-    for layer in feats.layers:
-        layer.set_weights(full.get_layer(layer.name).get_weights())
-    x = _inputs(SMALL, SMALL, seed=5)[:1]
-    outs = feats.predict_on_batch(x)
+    outs = assert_features_match(feats, full, random_input(seed=5)[:1], 4)
     assert [o.shape[1] for o in outs] == [16, 8, 4, 2]   # strides 4 ... 32
-    import keras
-    probe = keras.Model(full.inputs, [full.get_layer(f"stage{i}").output for i in range(1, 5)])
-    for got, want in zip(outs, probe.predict_on_batch(x)):
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)

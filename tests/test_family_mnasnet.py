@@ -13,8 +13,8 @@ from zoo.models import get_builder, mnasnet
 NAME = "torchvision/mnasnet1_0"
 
 
-def test_parity_at_small_size():
-    _model, report = zoo.convert(NAME, input_size=SMALL)
+def test_parity_at_small_size(converted_small):
+    _model, report = converted_small(NAME)
     p = report["parity"]["in_memory"]
     assert p["passed"] and p["max_rel"] < 1e-5, p["max_rel"]   # measured 8.9e-7
     assert set(p["features"]) == {f"stage{i}" for i in range(1, 8)}

@@ -3,7 +3,6 @@ models, and the pitfalls of the family: hard-sigmoid / hard-swish definitions, t
 MobileNetV3 BatchNorm eps/momentum, the pre-logits head layer type, squeeze-excite widths, the
 padding of strided depthwise convs."""
 import copy
-import functools
 
 import keras
 import numpy as np
@@ -14,10 +13,10 @@ import torchvision
 from torch.nn import functional as F
 
 import zoo
-from helpers import SMALL, parity_at
+from helpers import SMALL, parity_at, pipeline_parity, plan_for, rel
 from zoo.catalog import get_variant
 from zoo.conversion.mapping import apply_plan, plan_mapping
-from zoo.conversion.pipeline import prepare, torch_outputs
+from zoo.conversion.pipeline import torch_outputs
 from zoo.conversion.sources import load_torch_model
 from zoo.models import get_builder, mobilenet
 from zoo.validate import compare_outputs, keras_outputs, make_inputs
@@ -26,34 +25,8 @@ SMALLEST = ["torchvision/mobilenet_v2", "timm/mobilenetv2_100", "torchvision/mob
             "timm/mobilenetv3_small_100"]
 
 
-@functools.lru_cache(maxsize=None)
-def _convert(name):
-    """zoo.convert at SMALL, once per test session (tests that alter the model restore it)."""
-    return zoo.convert(name, input_size=SMALL)
-
-
-def _parity(name):
-    """What zoo.convert measures (without its layer-by-layer diagnosis of a failure)."""
-    variant, tm, _, model, _ = prepare(name)
-    x = make_inputs(SMALL, 3, tm.preprocessing)
-    features = dict(variant.features)
-    return compare_outputs(torch_outputs(tm.module, x, features),
-                           keras_outputs(model, x, list(features.values())), variant.tolerance)
-
-
 def _keras2_hard_sigmoid(x):
     return keras.ops.clip(0.2 * x + 0.5, 0.0, 1.0)
-
-
-def _rel(got, ref):
-    return float(np.abs(got - ref).max() / np.abs(ref).max())
-
-
-def _map(module, model, name):
-    variant, _ = get_variant(name)
-    state = {k: v.detach().numpy() for k, v in module.state_dict().items()}
-    return plan_mapping(state, model, variant.rules, variant.recipe.ignore,
-                        modules=dict(module.named_modules()), context=name)
 
 
 # ---------------------------------------------------------------------------------- activations
@@ -85,8 +58,8 @@ def test_builders_use_those_activations():
 # --------------------------------------------------------------------------------------- parity
 
 @pytest.mark.parametrize("name", SMALLEST)
-def test_smallest_variants_of_each_source_at_small_size(name):
-    _model, report = _convert(name)
+def test_smallest_variants_of_each_source_at_small_size(name, converted_small):
+    _model, report = converted_small(name)
     p = report["parity"]["in_memory"]
     # measured at 64: tv v2 8.8e-7, timm v2 3.0e-5, tv v3 small 5.8e-7, timm v3 small 2.3e-6
     assert p["passed"] and p["max_rel"] < report["tolerance"], p["max_rel"]
@@ -124,7 +97,7 @@ def test_timm_large_is_exact_in_float64():
     finally:
         keras.config.set_dtype_policy(policy)
     assert got.dtype == np.float64
-    assert _rel(got, ref) < 1e-9
+    assert rel(got, ref) < 1e-9
 
 
 # ------------------------------------------------------------------------------------- pitfalls
@@ -133,13 +106,14 @@ def test_timm_large_is_exact_in_float64():
     ("_se_gate", _keras2_hard_sigmoid),
     ("_act", lambda x: x * _keras2_hard_sigmoid(x)),   # hard-swish built on Keras 2's sigmoid
 ])
-def test_pitfall_keras2_hard_sigmoid_breaks_parity(layer_suffix, wrong):
+def test_pitfall_keras2_hard_sigmoid_breaks_parity(layer_suffix, wrong, converted_small,
+                                                   torch_model):
     name = "torchvision/mobilenet_v3_small"
-    variant, tag = get_variant(name)
-    model, _ = _convert(name)
+    variant, _ = get_variant(name)
+    model, _ = converted_small(name)   # altered below, restored after
     x = make_inputs(SMALL, 3, variant.preprocessing)
     features = dict(variant.features)
-    ref = torch_outputs(load_torch_model(variant, tag, "random").module, x, features)
+    ref = torch_outputs(torch_model(name), x, features)
     swapped = {layer: layer.activation for layer in model.layers
                if isinstance(layer, keras.layers.Activation) and layer_suffix in layer.name}
     assert {f.__name__ for f in swapped.values()} == {"hard_sigmoid" if "gate" in layer_suffix
@@ -162,13 +136,13 @@ def test_pitfall_torchvision_v3_batchnorm_eps_and_momentum_are_checked():
     assert (bn.eps, bn.momentum) == (0.001, 0.01)
     wrong = get_builder("mobilenet_v3")(arch="small", head="linear")   # torch defaults: 1e-5, 0.1
     with pytest.raises(zoo.MappingError) as e:
-        _map(module, wrong, "torchvision/mobilenet_v3_small")
+        plan_for("torchvision/mobilenet_v3_small", module, wrong)
     assert "eps 0.001 != keras epsilon 1e-05" in str(e.value)
     assert "momentum 0.01 needs keras momentum 0.99, got 0.9" in str(e.value)
     right = get_builder("mobilenet_v3")(arch="small", head="linear", bn_eps=1e-3,
                                         torch_bn_momentum=0.01)
     assert right.get_layer("stem_bn").momentum == pytest.approx(0.99)
-    _map(module, right, "torchvision/mobilenet_v3_small")
+    plan_for("torchvision/mobilenet_v3_small", module, right)
 
 
 @pytest.mark.parametrize("name, module_fn, wrong_head", [
@@ -180,7 +154,7 @@ def test_pitfall_pre_logits_layer_type_follows_the_source(name, module_fn, wrong
     (out, in)) are the same map on the pooled vector; the Keras layer must match the rank."""
     kwargs = dict(get_variant(name)[0].builder_kwargs, head=wrong_head)
     with pytest.raises(zoo.MappingError, match="head_(conv|fc)"):
-        _map(module_fn(), get_builder("mobilenet_v3")(**kwargs), name)
+        plan_for(name, module_fn(), get_builder("mobilenet_v3")(**kwargs))
 
 
 def test_squeeze_excite_widths_match_both_sources():
@@ -202,7 +176,7 @@ def test_pitfall_keras_same_padding_on_strided_depthwise_fails(monkeypatch):
                                             use_bias=False, name=name)(x)
 
     monkeypatch.setattr(mobilenet, "depthwise", same_padding)
-    p = _parity("torchvision/mobilenet_v3_small")
+    p = pipeline_parity("torchvision/mobilenet_v3_small")
     assert not p["passed"]
     assert p["features"]["stage1"]["max_rel"] > 1e-2   # the first stride-2 depthwise conv
 

@@ -1,52 +1,20 @@
 """RegNet family (recipes/regnet.yaml, zoo/models/regnet.py:regnet): parity of the smallest
 variant of each source, odd non-square inputs, and one test per pitfall of the family."""
-import numpy as np
 import pytest
 
 import zoo
-from helpers import SMALL, parity_at
+from helpers import SMALL, assert_features_match, assert_small_parity, build, mapped, parity_at, random_input
 from zoo.catalog import get_variant
-from zoo.conversion.sources import build_source, load_torch_model
+from zoo.conversion.sources import build_source
 
 TOL = 1e-4
 SMALLEST = ["timm/regnetx_002", "torchvision/regnet_x_400mf"]
 
 
-@pytest.fixture(scope="module")
-def converted():
-    """converted(name) -> (keras model, report) at SMALL, each converted once per module."""
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            cache[name] = zoo.convert(name, input_size=SMALL)
-        return cache[name]
-
-    return get
-
-
-def _mapped(name, **builder_overrides):
-    """(perturbed torch module, Keras model built with the recipe's kwargs + overrides, mapped)."""
-    from zoo.conversion.mapping import apply_plan, plan_mapping
-    from zoo.models import get_builder
-
-    variant, tag = get_variant(name)
-    tm = load_torch_model(variant, tag, "random")
-    model = get_builder(variant.builder)(**{**variant.builder_kwargs, **builder_overrides})
-    plan = plan_mapping(tm.state_dict_numpy(), model, variant.rules, variant.recipe.ignore,
-                        modules=dict(tm.module.named_modules()), context=name)
-    apply_plan(model, plan)
-    return tm.module, model
-
-
 @pytest.mark.parametrize("name", SMALLEST)
-def test_parity_small(name, converted):
-    _model, report = converted(name)
-    parity = report["parity"]["in_memory"]
+def test_parity_small(name, converted_small):
+    parity = assert_small_parity(converted_small(name)[1], 4, TOL)
     print(f"{name} @ {SMALL}: max_rel {parity['max_rel']:.2e}")
-    assert parity["max_rel"] < TOL, parity
-    assert set(parity["features"]) == {"stage1", "stage2", "stage3", "stage4"}
-    assert parity["logits"]["top1"] == 1.0
 
 
 @pytest.mark.parametrize("name", SMALLEST)
@@ -62,7 +30,7 @@ def test_squeeze_excite_width_follows_the_block_input():
     not 0.25 * the width it gates (they differ in the first block of every stage). The mapping
     would refuse a wrong width (shape mismatch); here the widths are read off the torch model and
     the odd-size parity covers the SE path."""
-    module, model = _mapped("timm/regnety_004")
+    module, model = mapped("timm/regnety_004")
     for name, sub in module.named_modules():
         if name.endswith(".se"):
             s, b = name.split(".")[:2]          # s2.b1 -> stage2_block1
@@ -78,7 +46,7 @@ def test_pitfall_group_width_is_checked():
     """Pitfall: the 3x3 conv is grouped (groups = width / group width). A wrong group width
     gives kernels of another shape and other groups; the engine reports both instead of mapping."""
     with pytest.raises(zoo.MappingError) as e:
-        _mapped("timm/regnetx_002", group_width=4)
+        mapped("timm/regnetx_002", group_width=4)
     msg = str(e.value)
     assert "groups 3 != keras groups 6" in msg          # stage 1: 24 / 8 vs 24 / 4
     assert "shape mismatch" in msg and "s1.b1.conv2.conv.weight" in msg
@@ -105,22 +73,11 @@ def test_recipe_widths_match_the_source(name):
     assert [c.out_channels // c.groups for c in conv2] == [kw["group_width"]] * 4
 
 
-def test_features_only_gives_one_output_per_stage(converted):
-    import keras
-
-    from zoo.models.regnet import regnet
-
-    full, _ = converted("timm/regnetx_002")
-    variant, _ = get_variant("timm/regnetx_002")
-    feats = regnet(**variant.builder_kwargs, features_only=True)
+def test_features_only_gives_one_output_per_stage(converted_small):
+    full, _ = converted_small("timm/regnetx_002")
+    feats = build("timm/regnetx_002", features_only=True)
     assert [o.shape[-1] for o in feats.outputs] == [24, 56, 152, 368]
-    for layer in feats.layers:
-        layer.set_weights(full.get_layer(layer.name).get_weights())
-    x = np.random.default_rng(5).standard_normal((1, SMALL, SMALL, 3)).astype(np.float32)
-    outs = feats.predict_on_batch(x)
+    outs = assert_features_match(feats, full, random_input(n=1, seed=5), 4)
     assert [o.shape[1] for o in outs] == [16, 8, 4, 2]   # strides 4 ... 32
-    probe = keras.Model(full.inputs, [full.get_layer(f"stage{i}").output for i in range(1, 5)])
-    for got, want in zip(outs, probe.predict_on_batch(x)):
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
-    pooled = regnet(**variant.builder_kwargs, include_top=False, pooling="avg")
+    pooled = build("timm/regnetx_002", include_top=False, pooling="avg")
     assert pooled.output.shape == (None, 368)

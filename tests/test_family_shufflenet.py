@@ -6,12 +6,9 @@ import torch
 from keras import ops
 from torchvision.models.shufflenetv2 import channel_shuffle
 
-import zoo
-from helpers import SMALL, parity_at
-from zoo.conversion.pipeline import prepare, torch_outputs
+from helpers import SMALL, parity_at, pipeline_parity
 from zoo.layers.shuffle import ChannelShuffle, ChannelSplit
 from zoo.models import get_builder
-from zoo.validate import compare_outputs, keras_outputs, make_inputs
 
 NAME = "torchvision/shufflenet_v2_x1_0"
 
@@ -30,15 +27,6 @@ def _naive_shuffle(x, groups):
     y = ops.reshape(x, (n, groups, c // groups, h, w))
     y = ops.transpose(y, (0, 2, 1, 3, 4))
     return ops.reshape(y, (n, h, w, c))
-
-
-def _parity(name):
-    """What zoo.convert measures (without its layer-by-layer diagnosis of a failure)."""
-    variant, tm, _, model, _ = prepare(name)
-    x = make_inputs(SMALL, 3, tm.preprocessing)
-    features = dict(variant.features)
-    return compare_outputs(torch_outputs(tm.module, x, features),
-                           keras_outputs(model, x, list(features.values())), variant.tolerance)
 
 
 def _x(shape, seed=0):
@@ -105,8 +93,8 @@ def test_pitfall_nchw_shuffle_code_ported_literally_to_nhwc_is_wrong():
 
 # -------------------------------------------------------------------------------- the network
 
-def test_parity_at_small_size():
-    _model, report = zoo.convert(NAME, input_size=SMALL)
+def test_parity_at_small_size(converted_small):
+    _model, report = converted_small(NAME)
     p = report["parity"]["in_memory"]
     assert p["passed"] and p["max_rel"] < 1e-5, p["max_rel"]   # measured 4e-7
     assert set(p["features"]) == {"stage1", "stage2", "stage3", "stage4"}
@@ -119,7 +107,7 @@ def test_parity_at_odd_non_square_size():
 
 def test_pitfall_literal_nchw_shuffle_in_the_network_fails_validation(monkeypatch):
     monkeypatch.setattr(ChannelShuffle, "call", lambda self, x: _naive_shuffle(x, self.groups))
-    p = _parity(NAME)
+    p = pipeline_parity(NAME)
     assert not p["passed"]
     assert p["features"]["stage2"]["max_rel"] > 1e-1, p["features"]["stage2"]["max_rel"]
 
@@ -127,7 +115,7 @@ def test_pitfall_literal_nchw_shuffle_in_the_network_fails_validation(monkeypatc
 def test_pitfall_shuffle_groups_must_not_be_skipped(monkeypatch):
     """Concatenating without the shuffle gives the right shapes and the wrong numbers."""
     monkeypatch.setattr(ChannelShuffle, "call", lambda self, x: x)
-    p = _parity(NAME)
+    p = pipeline_parity(NAME)
     assert not p["passed"] and p["max_rel"] > 1e-1, p["max_rel"]
 
 

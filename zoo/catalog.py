@@ -60,9 +60,11 @@ def get_variant(name: str) -> tuple[Variant, str | None]:
     base, tag = split_name(name)
     table = variants()
     if base not in table:
-        close = difflib.get_close_matches(base, list(table), n=5, cutoff=0.5)
-        if not close:   # 'resnet50' without its source prefix
-            close = [n for n in table if n.split("/", 1)[1] == base]
+        # 'resnet50' without its source prefix: every source's exact arch first
+        exact = [n for n in table if n.split("/", 1)[1] == base.split("/")[-1]]
+        close = exact + [n for n in difflib.get_close_matches(base, list(table), n=5, cutoff=0.5)
+                         if n not in exact]
+        close = close[:5]
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UnknownModelError(f"unknown model {name!r}{hint} "
                                 f"(zoo.list_models() lists all {len(table)})")
