@@ -121,3 +121,20 @@ def test_readme_catalogue_lists_every_model():
     table = text.split("<!-- catalogue:start -->")[1].split("<!-- catalogue:end -->")[0]
     listed = [line.split("`")[1] for line in table.splitlines() if line.startswith("| `")]
     assert listed == zoo.list_models()
+
+
+@pytest.mark.parametrize("name", ["timm/mobilenetv2_100", "torchvision/efficientnet_b0"])
+def test_headless_model_keeps_the_head_conv_like_keras_applications(name):
+    # include_top=False ends where the builder's features end: after the 1x1 head conv (1280
+    # channels), so the classifier is exactly a Dense on the pooled headless output
+    import keras
+
+    keras.utils.set_random_seed(4)
+    full = zoo.create_model(name, input_shape=(64, 64, 3))
+    keras.utils.set_random_seed(4)
+    headless = zoo.create_model(name, include_top=False, pooling="avg", input_shape=(64, 64, 3))
+    assert headless.output_shape == (None, 1280)
+    x = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype(np.float32)
+    w, b = full.get_layer("predictions").get_weights()
+    np.testing.assert_allclose(full.predict_on_batch(x), headless.predict_on_batch(x) @ w + b,
+                               rtol=1e-4, atol=1e-4)

@@ -77,14 +77,16 @@ def create_model(name, pretrained=False, num_classes=None, include_top=True, inp
                                          for n in _stage_layers(full)], name=full.name)
     if include_top:
         return full
-    feats = full.get_layer(_stage_layers(full)[-1]).output
-    if pooling == "avg":
-        feats = keras.layers.GlobalAveragePooling2D(name="avg_pool")(feats)
-    elif pooling == "max":
-        feats = keras.layers.GlobalMaxPooling2D(name="max_pool")(feats)
-    elif pooling is not None:
+    if pooling not in (None, "avg", "max"):
         raise ZooError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
-    return keras.Model(full.inputs, feats, name=full.name)
+    # The builder knows where its features end (after MobileNet's/EfficientNet's 1x1 head conv,
+    # like keras.applications and timm's forward_features); its layers are named as in `full`.
+    headless = builder(**kwargs, classes=num_classes or 1000, input_shape=input_shape,
+                       include_top=False, pooling=pooling)
+    for layer in headless.layers:
+        if layer.weights:
+            layer.set_weights(full.get_layer(layer.name).get_weights())
+    return headless
 
 
 def _stage_layers(model) -> list[str]:
