@@ -15,7 +15,8 @@ def table(index: dict) -> str:
     from zoo.catalog import get_variant, list_models
 
     rows = ["| model | PyTorch source | Keras builder | weights converted | input | max rel error "
-            "| tolerance | top-1 agreement |", "|---|---|---|---|---|---|---|---|"]
+            "| torch float32 vs float64 | tolerance | top-1 agreement |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for name in list_models():
         v, _ = get_variant(name)
         r = index.get(name, {})
@@ -27,8 +28,9 @@ def table(index: dict) -> str:
             err = status
         size = r.get("input_size") or v.input_size
         tol = r.get("tolerance") or v.tolerance
+        floor = f"{r['torch_float32_error']:.1e}" if r.get("torch_float32_error") else "-"
         rows.append(f"| `{name}` | `{v.source}` | `{v.builder}` | {weights} | {size} | {err} "
-                    f"| {tol:.0e} | {top1} |")
+                    f"| {floor} | {tol:.0e} | {top1} |")
     return "\n".join(rows)
 
 

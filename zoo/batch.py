@@ -106,7 +106,9 @@ def _summary_row(name, result) -> dict:
                default=None)
     return {"status": result["status"], "weights": (report.get("weights") or {}).get("source"),
             "max_rel": worst, "top1": top1, "input_size": report.get("input_size"),
-            "tolerance": report.get("tolerance"), "seconds": result.get("seconds"),
+            "tolerance": report.get("tolerance"),
+            "torch_float32_error": (report.get("torch_float32_vs_float64") or {}).get("max_rel"),
+            "seconds": result.get("seconds"),
             "error": ((result.get("error") or "").splitlines() or [""])[0][:300] or None,
             "warnings": result.get("warnings") or []}
 
