@@ -67,7 +67,14 @@ def create_model(name, pretrained=False, num_classes=None, include_top=True, inp
                            f"{num_classes} needs include_top=False (then add your own head)")
         num_classes = weight_classes
     builder = get_builder(variant.builder)
-    # Build the full model first so that the weights file always matches, then cut the head.
+    if pooling not in (None, "avg", "max"):
+        raise ZooError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
+    # The builder knows where its features end (after MobileNet's/EfficientNet's 1x1 head conv,
+    # like keras.applications and timm's forward_features); its layers are named as in `full`.
+    headless = dict(include_top=False, pooling=pooling)
+    if weights is None and not include_top and not features_only:
+        return builder(**kwargs, classes=num_classes or 1000, input_shape=input_shape, **headless)
+    # Weights: build the full model so that the weights file always matches, then cut the head.
     full = builder(**kwargs, classes=num_classes or 1000, input_shape=input_shape,
                    classifier_activation=classifier_activation)
     if weights is not None:
@@ -77,16 +84,11 @@ def create_model(name, pretrained=False, num_classes=None, include_top=True, inp
                                          for n in _stage_layers(full)], name=full.name)
     if include_top:
         return full
-    if pooling not in (None, "avg", "max"):
-        raise ZooError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
-    # The builder knows where its features end (after MobileNet's/EfficientNet's 1x1 head conv,
-    # like keras.applications and timm's forward_features); its layers are named as in `full`.
-    headless = builder(**kwargs, classes=num_classes or 1000, input_shape=input_shape,
-                       include_top=False, pooling=pooling)
-    for layer in headless.layers:
+    model = builder(**kwargs, classes=num_classes or 1000, input_shape=input_shape, **headless)
+    for layer in model.layers:
         if layer.weights:
             layer.set_weights(full.get_layer(layer.name).get_weights())
-    return headless
+    return model
 
 
 def _stage_layers(model) -> list[str]:
