@@ -7,6 +7,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import zoo.conversion.torch_first  # noqa: E402,F401 - torch before tensorflow
+from zoo.arguments import cli, output_root, positive_int  # noqa: E402
 
 
 def main(argv=None):
@@ -15,10 +16,14 @@ def main(argv=None):
     p.add_argument("--weights", default="random",
                    help="random (perturbed, for parity testing), pretrained, or a checkpoint path "
                         "(.pth/.pt/.bin/.safetensors)")
-    p.add_argument("--num-classes", type=int, help="classifier size of a fine-tuned checkpoint")
-    p.add_argument("--in-chans", type=int, help="input channels of a fine-tuned checkpoint")
-    p.add_argument("--out", default="outputs", help="output root (model goes to OUT/NAME/)")
-    p.add_argument("--input-size", type=int, help="validation resolution (default: the recipe's)")
+    p.add_argument("--num-classes", type=cli(positive_int, "--num-classes"),
+                   help="classifier size of a fine-tuned checkpoint")
+    p.add_argument("--in-chans", type=cli(positive_int, "--in-chans"),
+                   help="input channels of a fine-tuned checkpoint")
+    p.add_argument("--out", default="outputs", type=cli(output_root, "--out"),
+                   help="output root (model goes to OUT/NAME/)")
+    p.add_argument("--input-size", type=cli(positive_int, "--input-size"),
+                   help="validation resolution (default: the recipe's)")
     args = p.parse_args(argv)
 
     from tqdm import tqdm

@@ -4,6 +4,8 @@ The parent imports neither torch nor tensorflow."""
 import argparse
 import sys
 
+from zoo.arguments import cli, output_root, positive_int
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -12,15 +14,14 @@ def main(argv=None):
     p.add_argument("--weights", default="auto",
                    help="auto (pretrained where obtainable, else random with a warning), "
                         "pretrained, random, or a DIR holding DIR/<name>.{safetensors,pth,pt,bin}")
-    p.add_argument("--jobs", type=int, default=1, help="models converted in parallel")
+    p.add_argument("--jobs", type=cli(positive_int, "--jobs"), default=1, help="models converted in parallel")
     p.add_argument("--shard", metavar="K/N", help="convert only shard K of N (deterministic)")
     p.add_argument("--resume", action="store_true",
                    help="skip models whose outputs are complete and up to date")
-    p.add_argument("--out", default="outputs", help="output root")
-    p.add_argument("--input-size", type=int, help="validation resolution (default: each recipe's)")
+    p.add_argument("--out", default="outputs", type=cli(output_root, "--out"), help="output root")
+    p.add_argument("--input-size", type=cli(positive_int, "--input-size"),
+                   help="validation resolution (default: each recipe's)")
     args = p.parse_args(argv)
-    if args.jobs < 1:
-        p.error("--jobs must be >= 1")
 
     from zoo.batch import BatchError, run_batch, select, summary_table
     try:

@@ -9,15 +9,16 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import zoo.conversion.torch_first  # noqa: E402,F401 - torch before tensorflow
+from zoo.arguments import cli, positive_int  # noqa: E402
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("name")
     p.add_argument("--weights", default="random")
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--in-chans", type=int)
-    p.add_argument("--input-size", type=int)
+    p.add_argument("--num-classes", type=cli(positive_int, "--num-classes"))
+    p.add_argument("--in-chans", type=cli(positive_int, "--in-chans"))
+    p.add_argument("--input-size", type=cli(positive_int, "--input-size"))
     p.add_argument("--json", metavar="PATH", help="also write the table as JSON")
     args = p.parse_args(argv)
 

@@ -14,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import zoo.conversion.torch_first  # noqa: E402,F401 - torch before tensorflow
 
 ROOT = Path(__file__).resolve().parent.parent
+from zoo.arguments import cli, positive_int  # noqa: E402
 
 
 def main(argv=None):
@@ -25,7 +26,7 @@ def main(argv=None):
     p.add_argument("--name", help="catalogue name of the draft variant (default: draft/<arch>)")
     p.add_argument("--out", help="where to write the draft (default: recipes/<source>_<arch>.yaml; "
                                  "'-': stdout only)")
-    p.add_argument("--input-size", type=int, default=224,
+    p.add_argument("--input-size", type=cli(positive_int, "--input-size"), default=224,
                    help="size of the forward pass that gives the torch execution order")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     args = p.parse_args(argv)

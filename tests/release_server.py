@@ -1,5 +1,6 @@
 """A real HTTP server on 127.0.0.1 serving a release folder, with HTTP Range support and
-injectable faults (status 500, a connection dropped mid-file, corrupted bytes)."""
+injectable faults (status 500, a connection dropped mid-file, corrupted bytes, the right file
+followed by junk, a replaced body)."""
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -9,7 +10,9 @@ from urllib.parse import unquote
 class ReleaseServer:
     def __init__(self, root):
         self.root = Path(root).resolve()
-        self.faults = {}      # url path -> list of "500" | "drop" | "corrupt", consumed in order
+        # url path -> list of "500" | "drop" | "corrupt" | "junk" | bytes (served instead of the
+        # file), consumed in order
+        self.faults = {}
         self.requests = []    # (url path, Range header or None)
         server = self
 
@@ -29,7 +32,9 @@ class ReleaseServer:
                 if fault == "500":
                     self.send_error(500)
                     return
-                data = target.read_bytes()
+                data = fault if isinstance(fault, bytes) else target.read_bytes()
+                if fault == "junk":   # the right file, then 8 MB more
+                    data += bytes(8 << 20)
                 if fault == "corrupt":
                     data = data[:100] + bytes([data[100] ^ 0xFF]) + data[101:]
                 start = 0

@@ -16,6 +16,8 @@ from zoo.publish import build_release
 
 NAME = "timm/resnet18"
 WEIGHTS = f"/models/{NAME}/model.weights.h5"
+# the release is made of random-weight conversions; test_random_release_entry_warns checks that
+pytestmark = pytest.mark.filterwarnings("ignore:.*published weights are RANDOM")
 
 
 @pytest.fixture(scope="module")
@@ -218,3 +220,64 @@ def test_download_and_load_without_torch(server, converted, tmp_path):
     proc = run_python(code, env={"ZOO_WEIGHTS_URL": server.url,
                                  "ZOO_CACHE_DIR": str(tmp_path / "c2")})
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------ hostile servers and caches
+
+def test_planted_part_symlink_is_not_followed(server, tmp_path):
+    """A symlink at the download's `.part` path used to make fetch overwrite the file it points
+    to, and the cached weights became that symlink."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    folder = tmp_path / "cache" / "models" / NAME
+    folder.mkdir(parents=True)
+    os.symlink(victim, folder / "model.weights.h5.part")
+    with pytest.raises(hub.DownloadError, match="symbolic link"):
+        hub.fetch(NAME)
+    assert victim.read_text() == "precious"
+    assert not (folder / "model.weights.h5").exists()
+
+
+def test_download_stops_at_the_size_the_index_states(server, tmp_path):
+    server.faults[WEIGHTS] = ["junk"]
+    index = json.loads((server.root / "index.json").read_text())
+    size = index["models"][NAME]["files"]["model.weights.h5"]["bytes"]
+    with pytest.raises(hub.DownloadError, match=f"more than the {size} bytes"):
+        hub.fetch(NAME)
+    cached = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert not [p for p in cached if p.name.startswith("model.weights.h5")]
+    assert sum(p.stat().st_size for p in cached) < size    # the junk never reached the disk
+
+
+@pytest.mark.parametrize("bad, problem", [
+    (b"[1, 2, 3]", "expected a JSON object"),
+    (b'{"models": {"timm/resnet18": {"files": {"model.weights.h5": {"path": '
+     b'"models/timm/resnet18/model.weights.h5", "bytes": 10}}}}}', "sha256 must be"),
+    (b'{"models": {"timm/resnet18.x/../../y": {"files": {}}}}', "invalid weight tag"),
+    (b'{"models": 7}', "models: expected an object"),
+    (b"{not json", "not JSON"),
+])
+def test_bad_index_never_replaces_the_cached_one(server, tmp_path, bad, problem):
+    """A wrong-shaped index used to crash with AttributeError/KeyError and replace the good cached
+    index; an unparsable one was silently ignored for a stale cached copy."""
+    with pytest.raises(hub.DownloadError, match=problem):   # nothing cached yet: an error
+        server.faults["/index.json"] = [bad]
+        hub.load_index()
+    good = hub.load_index()
+    cached = (tmp_path / "cache" / "index.json").read_bytes()
+    server.faults["/index.json"] = [bad]
+    with pytest.warns(hub.IndexWarning, match=f"using the cached release index.*{problem}"):
+        assert hub.load_index() == good
+    assert (tmp_path / "cache" / "index.json").read_bytes() == cached
+
+
+def test_random_release_entry_warns(server):
+    with pytest.warns(hub.IndexWarning, match="RANDOM"):
+        hub.fetch(NAME)
+
+
+def test_traversal_in_a_name_is_refused_before_any_request(server, tmp_path):
+    n = len(server.requests)
+    with pytest.raises(zoo.ZooError, match="invalid weight tag"):
+        hub.fetch("timm/resnet18.x/../../../../escaped")
+    assert len(server.requests) == n

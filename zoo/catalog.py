@@ -10,9 +10,12 @@ import difflib
 import fnmatch
 import functools
 import os
+import warnings
 from pathlib import Path
 
+from zoo import names
 from zoo.errors import RecipeError, UnknownModelError
+from zoo.names import InvalidNameError, parse_name
 from zoo.recipe import Recipe, Variant, load_recipe
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -23,19 +26,30 @@ def recipe_dirs() -> list[Path]:
     return [RECIPES_DIR, *extra]
 
 
+class RecipeWarning(UserWarning):
+    """A user recipe (ZOO_RECIPE_PATH) is broken and was skipped; the rest of the catalogue works."""
+
+
 @functools.lru_cache(maxsize=8)
 def _load(dirs: tuple[Path, ...]) -> tuple[dict[str, Variant], tuple[Recipe, ...]]:
     variants: dict[str, Variant] = {}
     recipes = []
     for d in dirs:
         for path in sorted(Path(d).glob("*.yaml")):
-            recipe = load_recipe(path)
+            try:
+                recipe = load_recipe(path)
+                clash = [n for n in recipe.variants if n in variants]
+                if clash:
+                    raise RecipeError(f"{path}: variant {clash[0]!r} is already defined in "
+                                      f"{variants[clash[0]].recipe.path}")
+            except RecipeError as e:
+                if d == RECIPES_DIR:   # the built-in catalogue must load: that is our bug
+                    raise
+                # One user's broken recipe must not take the catalogue down for everyone.
+                warnings.warn(f"skipped user recipe: {e}", RecipeWarning, stacklevel=3)
+                continue
             recipes.append(recipe)
-            for name, v in recipe.variants.items():
-                if name in variants:
-                    raise RecipeError(f"{path}: variant {name!r} is already defined in "
-                                      f"{variants[name].recipe.path}")
-                variants[name] = v
+            variants.update(recipe.variants)
     return variants, tuple(recipes)
 
 
@@ -44,9 +58,9 @@ def variants() -> dict[str, Variant]:
 
 
 def split_name(name: str) -> tuple[str, str | None]:
-    """'timm/resnet50.a1_in1k' -> ('timm/resnet50', 'a1_in1k')."""
-    base, _, tag = name.partition(".")
-    return base, (tag or None)
+    """'timm/resnet50.a1_in1k' -> ('timm/resnet50', 'a1_in1k'); InvalidNameError for anything
+    that is not a safe name (see zoo.names)."""
+    return parse_name(name)
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -57,8 +71,13 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 
 def get_variant(name: str) -> tuple[Variant, str | None]:
-    base, tag = split_name(name)
     table = variants()
+    try:
+        base, tag = split_name(name)
+    except InvalidNameError:
+        if not isinstance(name, str) or "/" in name:
+            raise
+        base, tag = name, None   # 'resnet50' without its source: suggest the full names below
     if base not in table:
         # 'resnet50' without its source prefix: every source's exact arch first
         exact = [n for n in table if n.split("/", 1)[1] == base.split("/")[-1]]
@@ -72,4 +91,4 @@ def get_variant(name: str) -> tuple[Variant, str | None]:
 
 
 def output_dir(out_root: str | Path, name: str) -> Path:
-    return Path(out_root) / name
+    return names.output_dir(out_root, name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 
 from zoo.errors import RecipeError
+from zoo.names import VARIANT_NAME
 from zoo.transforms import TRANSFORMS
 
 SOURCE_KINDS = ("timm", "torchvision", "python")
@@ -141,8 +143,10 @@ def _preprocessing(path, where, data, base):
 
 
 def _positive_number(path, where, value, kind=float):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        _fail(path, where, f"expected a positive number, got {value!r}")
+    # not (value > 0) also refuses NaN; .inf would make a tolerance that passes anything
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0) \
+            or not math.isfinite(value):
+        _fail(path, where, f"expected a finite positive number, got {value!r}")
     if kind is int and value != int(value):
         _fail(path, where, f"expected a whole number, got {value!r}")
     return kind(value)
@@ -226,10 +230,32 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+MAX_RECIPE_BYTES = 1 << 20   # the largest built-in recipe is ~8 KB; a huge file is a mistake
+
+
 def load_recipe(path: str | Path) -> Recipe:
+    """Parse and check one recipe; any problem is a RecipeError naming the file."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot read: {e}") from None
+    if size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path}: {size} bytes; a recipe is at most {MAX_RECIPE_BYTES} bytes")
+    try:
+        return _parse_recipe(path)
+    except RecipeError:
+        raise
+    except (TypeError, ValueError, OverflowError, RecursionError, AttributeError, KeyError) as e:
+        # Values of a shape no check above anticipated (unhashable keys, nesting deeper than the
+        # parser's recursion): still the recipe's fault, reported as such.
+        raise RecipeError(f"{path}: malformed recipe ({type(e).__name__}: {str(e)[:200]})") \
+            from None
+
+
+def _parse_recipe(path: Path) -> Recipe:
     from zoo.models import BUILDERS, is_builder_name  # pure Python; builders import keras lazily
 
-    path = Path(path)
     try:
         data = yaml.load(path.read_text(), Loader=_StrictLoader)
     except yaml.YAMLError as e:
@@ -255,7 +281,7 @@ def load_recipe(path: str | Path) -> Recipe:
         _fail(path, "variants", "expected a non-empty mapping of catalogue name -> variant")
     for name, v in data["variants"].items():
         where = f"variant {name!r}"
-        if not re.fullmatch(r"[A-Za-z0-9_\-]+/[A-Za-z0-9_\-]+", str(name)):
+        if not isinstance(name, str) or not VARIANT_NAME.fullmatch(name):
             _fail(path, where, "catalogue names look like '<source>/<arch>' (no weight tag here)")
         _check_keys(path, where, v, _VARIANT_KEYS, required=("torch", "keras"))
         _check_keys(path, f"{where}.torch", v["torch"], {"source", "kwargs"}, required=("source",))

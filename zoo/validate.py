@@ -63,7 +63,8 @@ def compare_outputs(ref: dict, out: dict, tolerance: float) -> dict:
     worst = max([result["logits"]["max_rel"]] +
                 [f["max_rel"] for f in result["features"].values()])
     result["max_rel"] = worst
-    result["passed"] = bool(worst <= tolerance)
+    # NaN/inf outputs fail whatever the tolerance (NaN <= tol is False, but inf <= inf is not)
+    result["passed"] = bool(np.isfinite(worst) and worst <= tolerance)
     return result
 
 
