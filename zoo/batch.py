@@ -20,11 +20,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from zoo import catalog
+from zoo.constants import CHECKPOINT_SUFFIXES, STAGES
 from zoo.export import is_complete, sha256_file, write_json, write_text
 from zoo.versions import library_versions
-
-STAGES = ("load_torch", "build_keras", "map_weights", "validate", "export", "reload_validate")
-CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 
 class BatchError(ValueError):

@@ -7,6 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from zoo.catalog import get_variant, output_dir
+from zoo.constants import STAGES  # noqa: F401 - the stages convert() runs; scripts/convert.py counts them
+from zoo.conversion.divergence import layer_diff
 from zoo.conversion.mapping import apply_plan, plan_mapping
 from zoo.conversion.sources import load_torch_model
 from zoo.conversion.torch_first import torch  # before keras/tensorflow
@@ -16,7 +18,6 @@ from zoo.models import get_builder
 from zoo.validate import compare_outputs, keras_outputs, make_inputs, save_golden, validate_files
 from zoo.versions import library_versions
 
-STAGES = ("load_torch", "build_keras", "map_weights", "validate", "export", "reload_validate")
 FORMAT_VERSION = 1
 
 
@@ -125,7 +126,6 @@ def convert(name: str, weights="random", num_classes: int | None = None,
     }
     if not parity["in_memory"]["passed"]:
         report["status"] = "failed"
-        from zoo.conversion.diff import layer_diff
         report["diff"] = diff = layer_diff(tm, model, plan, inputs, variant.tolerance)
         first = diff["first_divergent"]
         where = (f"; first divergent layer: torch {first['torch']!r} -> keras {first['keras']!r} "

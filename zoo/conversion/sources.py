@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from zoo.constants import CHECKPOINT_SUFFIXES
 from zoo.conversion.torch_first import timm, torch, torchvision
 from zoo.errors import SourceError
 from zoo.export import sha256_file
 from zoo.recipe import Variant
 
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 PERTURB_SEED = 0
 
 

@@ -1,0 +1,229 @@
+"""Find where a converted model diverges: compare every mapped PyTorch module's output with its
+Keras counterpart (the correspondence comes from the mapping table), in execution order, and
+test a few hypotheses on the first layer that exceeds the tolerance.
+
+Used by zoo.conversion.pipeline (a failed conversion reports its first divergent layer) and by
+zoo.conversion.diff (scripts/diff_layers.py); it imports neither, so they do not import each other.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from zoo.conversion.torch_first import torch
+from zoo.validate import compare
+
+F = torch.nn.functional
+# hypotheses are accepted when they explain the keras output this well
+EXPLAINED = 1e-3
+
+
+def _nchw(a):
+    a = np.asarray(a)
+    return a.transpose(0, 3, 1, 2) if a.ndim == 4 else a
+
+
+def _keras_input(layer):
+    """The tensor a mapped layer consumes, looking through explicit padding layers (the torch
+    module pads internally, so its input is the unpadded tensor)."""
+    import keras
+
+    t = layer.input
+    while True:
+        producer = t._keras_history.operation if hasattr(t, "_keras_history") else None
+        if isinstance(producer, keras.layers.ZeroPadding2D):
+            t = producer.input
+        else:
+            return t
+
+
+def _pairs(plan):
+    seen, pairs = set(), []
+    for a in plan:
+        pair = (a.torch_key.rpartition(".")[0], a.keras_path.rpartition("/")[0])
+        if pair not in seen:
+            seen.add(pair)
+            pairs.append(pair)
+    return pairs
+
+
+def _rel(ref, out):
+    ref, out = np.asarray(ref, np.float64), np.asarray(out, np.float64)
+    if ref.shape != out.shape:
+        return float("inf")
+    return float(np.abs(ref - out).max() / max(np.abs(ref).max(), 1e-30))
+
+
+def _same_pads(size, k, s, d):
+    out = -(-size // s)
+    total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def _layer_hypotheses(module, x, y_keras, baseline):
+    """What single mistake in this layer reproduces the Keras output (given the right input)?
+    A hypothesis counts when it explains the Keras output far better than the correct layer does
+    (baseline: the error of the torch output); the best fits come first."""
+    x = torch.from_numpy(np.ascontiguousarray(x))
+    fits = []
+
+    def test(label, fn):
+        with torch.no_grad():
+            try:
+                y = fn().numpy()
+            except RuntimeError:
+                return
+        err = _rel(y, y_keras)
+        if err < min(EXPLAINED, 0.1 * baseline):
+            fits.append((err, label))
+
+    if isinstance(module, torch.nn.Conv2d):
+        w, b = module.weight, module.bias
+        st, pd, dl, g = module.stride, module.padding, module.dilation, module.groups
+        if w.shape[2] == w.shape[3] and w.shape[2] > 1:
+            test("transposed kernel: kh and kw swapped (kernel layout)",
+                 lambda: F.conv2d(x, w.transpose(2, 3), b, st, pd, dl, g))
+        if any(p > 0 for p in pd) or any(s > 1 for s in st):
+            (t, bo) = _same_pads(x.shape[2], w.shape[2], st[0], dl[0])
+            (le, r) = _same_pads(x.shape[3], w.shape[3], st[1], dl[1])
+            test("wrong padding: TF 'same' (extra row/column at the end) instead of torch's "
+                 f"symmetric padding={tuple(pd)}",
+                 lambda: F.conv2d(F.pad(x, (le, r, t, bo)), w, b, st, 0, dl, g))
+        if w.shape[2] > 1:
+            test("wrong stride", lambda: F.conv2d(x, w, b, 1, pd, dl, g)[..., ::st[0], ::st[1]]
+                 if st != (1, 1) else F.conv2d(x, w, b, 2, pd, dl, g))
+    elif isinstance(module, torch.nn.BatchNorm2d):
+        for eps in (1e-3, 1e-5, 1e-6, 1e-12, 1.001e-5):
+            if not np.isclose(eps, module.eps):
+                test(f"wrong eps: keras uses {eps:g}, torch {module.eps:g}",
+                     lambda eps=eps: F.batch_norm(x, module.running_mean, module.running_var,
+                                                  module.weight, module.bias, False, 0.0, eps))
+        test("running_mean and running_var swapped",
+             lambda: F.batch_norm(x, module.running_var, module.running_mean, module.weight,
+                                  module.bias, False, 0.0, module.eps))
+    elif isinstance(module, torch.nn.LayerNorm):
+        for eps in (1e-3, 1e-5, 1e-6, 1e-12):
+            if not np.isclose(eps, module.eps):
+                test(f"wrong eps: keras uses {eps:g}, torch {module.eps:g}",
+                     lambda eps=eps: F.layer_norm(x, module.normalized_shape, module.weight,
+                                                  module.bias, eps))
+    fits.sort()
+    # several eps values can fit; the best one is the answer
+    best = [label for _, label in fits]
+    eps = [b for b in best if b.startswith("wrong eps")]
+    return [b for b in best if not b.startswith("wrong eps")] + eps[:1]
+
+
+ACTIVATIONS = {
+    "identity": lambda z: z, "relu": F.relu, "relu6": F.relu6, "silu": F.silu,
+    "gelu (exact)": F.gelu, "gelu (tanh approximation)": lambda z: F.gelu(z, approximate="tanh"),
+    "hardswish": F.hardswish, "sigmoid": torch.sigmoid, "leaky_relu(0.01)": F.leaky_relu,
+    "leaky_relu(0.1)": lambda z: F.leaky_relu(z, 0.1), "mish": F.mish, "tanh": torch.tanh,
+}
+
+
+def _between_hypotheses(z_torch, x_torch, x_keras):
+    """The error entered between two compared layers: an unmapped elementwise op (activation)?
+    z: previous compared output (agrees); x: this layer's input on each side."""
+    if z_torch is None or np.shape(z_torch) != np.shape(x_torch):
+        return []
+    z = torch.from_numpy(np.ascontiguousarray(z_torch))
+    with torch.no_grad():
+        acts = {k: f(z).numpy() for k, f in ACTIVATIONS.items()}
+    t_err = sorted((_rel(a, x_torch), k) for k, a in acts.items())
+    k_err = sorted((_rel(a, x_keras), k) for k, a in acts.items())
+    (te, t_act), (ke, k_act) = t_err[0], k_err[0]
+    if te < EXPLAINED and ke < EXPLAINED and t_act != k_act and ke < 0.1 * _rel(x_torch, x_keras):
+        return [f"wrong activation: torch applies {t_act}, keras {k_act}"]
+    return []
+
+
+def _norm_output_module(module):
+    """Where a module's own output appears. timm's BatchNormAct2d/GroupNormAct apply their
+    activation inside forward(), while the Keras twin is the norm alone with the activation as the
+    next layer: their norm output is what leaves the (identity unless training) `drop` submodule."""
+    drop, act = getattr(module, "drop", None), getattr(module, "act", None)
+    norms = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
+    if isinstance(module, norms) and isinstance(drop, torch.nn.Module) and act is not None:
+        return drop
+    return module
+
+
+def layer_diff(tm, model, plan, inputs_nhwc, tolerance) -> dict:
+    """Per-layer comparison in torch execution order; the first divergent layer and a diagnosis."""
+    import keras
+
+    pairs = _pairs(plan)
+    modules = dict(tm.module.named_modules())
+    captured, order, hooks, inputs = {}, [], [], {}
+    for tname, _ in pairs:
+        # copies: in-place activations (ReLU(inplace=True)) overwrite these tensors later
+        def pre_hook(_m, inp, tname=tname):
+            if tname not in inputs:
+                inputs[tname] = inp[0].detach().clone().numpy() if inp else None
+
+        def hook(_m, _inp, out, tname=tname):
+            if tname not in captured:
+                order.append(tname)
+                captured[tname] = (inputs.get(tname), out.detach().clone().numpy())
+        module = modules[tname]
+        hooks.append(module.register_forward_pre_hook(pre_hook))
+        hooks.append(_norm_output_module(module).register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            tm.module(torch.from_numpy(inputs_nhwc.transpose(0, 3, 1, 2).copy()))
+    finally:
+        for h in hooks:
+            h.remove()
+
+    layers = {kname: model.get_layer(kname) for _, kname in pairs}
+    outs = [t for k in layers for t in (_keras_input(layers[k]), layers[k].output)]
+    res = keras.Model(model.inputs, outs).predict_on_batch(inputs_nhwc)
+    kres = {k: (_nchw(res[2 * i]), _nchw(res[2 * i + 1])) for i, k in enumerate(layers)}
+
+    by_torch = dict(pairs)
+    rows, first, prev_out = [], None, None
+    for tname in order:
+        kname = by_torch[tname]
+        x_t, y_t = captured[tname]
+        x_k, y_k = kres[kname]
+        m = compare(y_t, y_k)
+        row = {"torch": tname, "keras": kname, "type": type(modules[tname]).__name__,
+               "max_abs": m.get("max_abs"), "max_rel": m["max_rel"], "cosine": m.get("cosine"),
+               "input_max_rel": _rel(x_t, x_k) if x_t is not None else None}
+        row["ok"] = bool(m["max_rel"] <= tolerance)
+        rows.append(row)
+        if first is None and not row["ok"]:
+            first = row
+            input_ok = row["input_max_rel"] is not None and row["input_max_rel"] <= tolerance
+            if input_ok:
+                found = _layer_hypotheses(modules[tname], x_t, y_k, row["max_rel"])
+                where = f"in layer {kname!r} itself (its input agrees, its output does not)"
+            else:
+                found = _between_hypotheses(prev_out, x_t, x_k)
+                where = (f"before layer {kname!r}: its input already differs, so an op without "
+                         f"weights between the previous compared layer and it is wrong "
+                         f"(activation, pooling, padding, reshape/permute axes)")
+            first["where"] = where
+            first["diagnosis"] = found or ["no single known mistake reproduces it: compare the "
+                                           "builder's block with the torch forward()"]
+        prev_out = y_t
+    return {"tolerance": tolerance, "rows": rows, "first_divergent": first}
+
+
+def format_diff(result: dict) -> str:
+    lines = [f"{'':2s}{'torch module':34s} {'keras layer':30s} {'max abs':>10s} {'max rel':>10s} "
+             f"{'cosine':>9s}"]
+    first = result["first_divergent"]
+    for r in result["rows"]:
+        mark = ">>" if first is not None and r is first or (first and r["torch"] == first["torch"]) \
+            else ("  " if r["ok"] else " !")
+        lines.append(f"{mark}{r['torch'][:34]:34s} {r['keras'][:30]:30s} {r['max_abs']:10.2e} "
+                     f"{r['max_rel']:10.2e} {r['cosine']:9.6f}")
+    if first is None:
+        lines.append(f"\nevery layer agrees within {result['tolerance']:g}")
+    else:
+        lines.append(f"\nfirst divergent layer: torch {first['torch']!r} ({first['type']}) -> keras "
+                     f"{first['keras']!r}: max rel {first['max_rel']:.2e} > {result['tolerance']:g}")
+        lines.append(f"the error enters {first['where']}")
+        lines += [f"  likely: {d}" for d in first["diagnosis"]]
+    return "\n".join(lines)
