@@ -5,6 +5,7 @@ Every error names the file, the variant or rule, and what is wrong.
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import json
@@ -18,6 +19,7 @@ import yaml
 
 from zoo.errors import RecipeError
 from zoo.names import VARIANT_NAME
+from zoo.templates import TemplateError, check_template, parse_template
 from zoo.transforms import TRANSFORMS
 
 SOURCE_KINDS = ("timm", "torchvision", "python")
@@ -30,8 +32,9 @@ DEFAULT_PREPROCESSING = {
 }
 
 _FAMILY_KEYS = {"family", "description", "license", "input_size", "preprocessing", "tolerance",
-                "classifier", "features", "ignore", "mapping", "variants"}
-_VARIANT_KEYS = {"torch", "keras", "license", "input_size", "preprocessing", "tolerance", "features"}
+                "classifier", "features", "ignore", "tables", "mapping", "variants"}
+_VARIANT_KEYS = {"torch", "keras", "license", "input_size", "preprocessing", "tolerance", "features",
+                 "tables"}
 _RULE_KEYS = {"torch", "keras", "transform", "args", "only", "skip", "module_type", "note"}
 _PREPROC_KEYS = set(DEFAULT_PREPROCESSING)
 
@@ -47,6 +50,7 @@ class Rule:
     only: tuple[str, ...] = ()
     skip: tuple[str, ...] = ()
     module_type: str | None = None   # torch module class name the rule is restricted to
+    tables: dict = field(default_factory=dict)   # the variant's tables the template looks up
 
     def applies_to(self, variant: str) -> bool:
         if self.only and not any(fnmatch.fnmatchcase(variant, g) for g in self.only):
@@ -75,9 +79,15 @@ class Variant:
     def source_kind(self) -> str:
         return self.source.split(":", 1)[0]
 
+    tables: dict = field(default_factory=dict)   # name -> list or mapping, for templates
+
     @property
     def rules(self) -> list[Rule]:
-        return [r for r in self.recipe.mapping if r.applies_to(self.name)]
+        """The rules for this variant, each carrying the tables its template looks up."""
+        return [dataclasses.replace(r, tables={t: self.tables[t]
+                                               for t in parse_template(r.keras).tables})
+                if parse_template(r.keras).tables else r
+                for r in self.recipe.mapping if r.applies_to(self.name)]
 
     def fingerprint(self) -> str:
         """Hash of everything in the recipe that affects this variant's conversion."""
@@ -87,7 +97,7 @@ class Variant:
             "preprocessing": self.preprocessing, "tolerance": self.tolerance,
             "features": self.features, "ignore": [p.pattern for p in self.recipe.ignore],
             "mapping": [(r.torch.pattern, r.keras, r.transform, r.args, r.module_type)
-                        for r in self.rules],
+                        + ((r.tables,) if r.tables else ()) for r in self.rules],
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -178,12 +188,10 @@ def _rule(path, i, data) -> Rule:
     template = data["keras"]
     if not isinstance(template, str) or not template:
         _fail(path, f"{where}.keras", "expected a non-empty template string")
-    # Every {n} in the template must refer to a group of the regex.
-    for ref in re.findall(r"{([^}]*)}", template):
-        ok = (ref.isdigit() and int(ref) <= rx.groups) or ref in rx.groupindex
-        if not ok:
-            _fail(path, f"{where}.keras", f"template {template!r} refers to {{{ref}}} but "
-                                          f"regex {rx.pattern!r} has {rx.groups} group(s)")
+    try:   # placeholders and expressions refer to groups of the regex (tables: _check_tables)
+        check_template(template, rx)
+    except TemplateError as e:
+        _fail(path, f"{where}.keras", str(e))
     globs = {}
     for k in ("only", "skip"):
         v = data.get(k) or []
@@ -214,6 +222,30 @@ def _features(path, where, features):
                                                all(isinstance(s, str) for s in f) for f in features)):
         _fail(path, where, "expected a list of [torch_module, keras_layer] pairs")
     return [tuple(f) for f in features]
+
+
+def _scalar(x) -> bool:
+    return isinstance(x, (int, str)) and not isinstance(x, bool)
+
+
+def _tables(path, where, data) -> dict:
+    """name -> list (looked up by an integer) or mapping (by the captured text) of ints/strings."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        _fail(path, where, "expected a mapping of table name -> list or mapping")
+    out = {}
+    for name, table in data.items():
+        if not (isinstance(name, str) and name.isidentifier()):
+            _fail(path, where, f"table name {name!r} is not an identifier")
+        if isinstance(table, dict) and all(_scalar(k) for k in table):
+            table = {str(k): v for k, v in table.items()}   # groups are text: 3 and '3' alike
+        values = table.values() if isinstance(table, dict) else table
+        if not (isinstance(table, (list, dict)) and table and all(_scalar(v) for v in values)):
+            _fail(path, f"{where}.{name}", "expected a non-empty list, or mapping, of integers "
+                                           f"or names, got {table!r}")
+        out[name] = table
+    return out
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -268,6 +300,7 @@ def _parse_recipe(path: Path) -> Recipe:
     base_size = _positive_number(path, "input_size", data.get("input_size", 224), int)
 
     features = _features(path, "features", data.get("features") or [])
+    tables = _tables(path, "tables", data.get("tables"))
     if not isinstance(data.get("ignore") or [], list):
         _fail(path, "ignore", "expected a list of regular expressions")
     ignore = [_regex(path, f"ignore #{i}", p) for i, p in enumerate(data.get("ignore") or [])]
@@ -306,12 +339,26 @@ def _parse_recipe(path: Path) -> Recipe:
             tolerance=_positive_number(path, f"{where}.tolerance", v.get("tolerance", base_tol)),
             features=_features(path, f"{where}.features", v["features"]) if "features" in v
             else features,
+            tables=dict(tables, **_tables(path, f"{where}.tables", v.get("tables"))),
             recipe=recipe)
     for r in rules:
         for g in r.only + r.skip:
             if not any(fnmatch.fnmatchcase(n, g) for n in recipe.variants):
                 _fail(path, f"mapping rule #{r.index}", f"glob {g!r} matches no variant")
+        _check_tables(path, r, recipe.variants)
     return recipe
+
+
+def _check_tables(path, rule: Rule, variants: dict) -> None:
+    """Every table the rule's template looks up is defined for every variant the rule serves."""
+    used = parse_template(rule.keras).tables
+    for name, v in variants.items():
+        missing = sorted(used - set(v.tables)) if rule.applies_to(name) else []
+        if missing:
+            _fail(path, f"mapping rule #{rule.index}.keras",
+                  f"template {rule.keras!r} looks up table(s) {missing}, which variant {name!r} "
+                  f"does not define (it has {sorted(v.tables)}): declare them under `tables:` "
+                  f"(top level or the variant's), or restrict the rule with `only:`")
 
 
 def variant_summary(v: Variant) -> dict[str, Any]:

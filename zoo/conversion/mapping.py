@@ -14,6 +14,7 @@ import numpy as np
 
 from zoo.errors import MappingError
 from zoo.recipe import Rule
+from zoo.templates import TemplateError, parse_template, render_template
 from zoo.transforms import TRANSFORMS
 
 MAX_REPORTED = 40
@@ -28,8 +29,15 @@ class Assignment:
 
 
 def keras_layer_path(rule: Rule, match) -> str:
-    groups = [match.group(0)] + [g if g is not None else "" for g in match.groups()]
-    return rule.keras.format(*groups, **{k: (v or "") for k, v in match.groupdict().items()})
+    """The rule's Keras template filled for one torch module (`match` of its regex)."""
+    try:
+        template = parse_template(rule.keras)
+        missing = sorted(template.tables - set(rule.tables))
+        if missing:   # the loader checks this for recipe rules; a hand-made Rule may lack them
+            raise TemplateError(f"table(s) {missing} are not given")
+        return render_template(template, match, rule.tables)
+    except (TemplateError, IndexError) as e:   # IndexError: a group the regex does not have
+        raise MappingError(f"torch module {match.group(0)!r}: {rule.describe()}: {e}") from None
 
 
 def _owners(model):
@@ -83,7 +91,11 @@ def plan_mapping(state: dict[str, np.ndarray], model, rules: list[Rule], ignore,
                           f"(tensors: {', '.join(leaves.values())})")
             continue
         t = TRANSFORMS[rule.transform]
-        layer_path = keras_layer_path(rule, m)
+        try:
+            layer_path = keras_layer_path(rule, m)
+        except MappingError as e:
+            errors.append(str(e))
+            continue
         for leaf, key in leaves.items():
             spec = t.leaf(leaf)
             if spec is None:
