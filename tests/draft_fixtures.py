@@ -94,3 +94,37 @@ def shallow_keras(classes=4, input_shape=None, **_):
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="mid")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, keras.layers.Dense(classes, name="head")(x), name="shallow")
+
+
+class Flat(nn.Module):
+    """VGG-like: a `features` Sequential of conv/BN/ReLU (index-named, so the rules need
+    `module_type`) and a Linear after a flatten of the NCHW map (`linear_after_flatten`, args)."""
+
+    def __init__(self, num_classes=4, in_chans=3):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(in_chans, 8, 3, padding=1), nn.BatchNorm2d(8),
+                                      nn.ReLU(), nn.Conv2d(8, 6, 3, padding=1), nn.BatchNorm2d(6),
+                                      nn.ReLU())
+        self.head = nn.Linear(6 * 4 * 4, num_classes)
+
+    def forward(self, x):
+        return self.head(torch.flatten(self.features(x), 1))
+
+
+def flat(num_classes=4, in_chans=3):
+    return Flat(num_classes, in_chans)
+
+
+def flat_keras(classes=4, input_shape=None, **_):
+    """Keras twin of Flat at a fixed 4x4 input (the Dense needs a known flatten size); layers
+    carry the torch Sequential index (conv0, bn1, conv3, bn4) like the VGG builder's."""
+    import keras
+
+    inputs = keras.Input((4, 4, (input_shape or (None, None, 3))[-1]), name="pixels")
+    x = inputs
+    for i, width in ((0, 8), (3, 6)):
+        x = keras.layers.Conv2D(width, 3, padding="same", name=f"conv{i}")(x)
+        x = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"bn{i + 1}")(x)
+        x = keras.layers.ReLU(name=f"relu{i + 2}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    return keras.Model(inputs, keras.layers.Dense(classes, name="head")(x), name="flat")

@@ -12,14 +12,10 @@ import yaml
 import zoo
 from helpers import ROOT, SMALL, run_script
 from zoo.catalog import get_variant
-from zoo.conversion.draft import (
-    KerasLayer,
-    Pair,
-    TorchModule,
-    _assign,
-    draft_recipe,
-    generalise,
-)
+from zoo.conversion.draft import draft_recipe
+from zoo.conversion.draft.align import assign
+from zoo.conversion.draft.generalise import generalise
+from zoo.conversion.draft.model import KerasLayer, Pair, TorchModule
 from zoo.conversion.mapping import keras_layer_path, match_module
 from zoo.conversion.sources import build_source
 from zoo.recipe import load_recipe
@@ -103,7 +99,7 @@ def test_script_regenerates_resnet18_table_and_it_converts(recipe_dir):
         "torch": {"source": "timm:resnet18"},
         "keras": {"builder": "resnet", "kwargs": {"block": "basic", "depths": [2, 2, 2, 2]}}}}
     # the stem BN is one of five 64-channel BNs and its name says little: marked, with its rivals
-    assert "  #   bn1 -> stem_bn; also fits: torch layer1.0.bn1" in text
+    assert "\n#   bn1 -> stem_bn; also fits: torch layer1.0.bn1, " in text
     assert "# every torch tensor and every keras variable is matched" in text
 
     _same_table_as_catalogue("draft/resnet18", "timm/resnet18")
@@ -123,7 +119,7 @@ def test_torchvision_resnet50_draft_loads_and_maps(recipe_dir):
     data = yaml.safe_load(draft.text)
     assert data["mapping"] == RESNET_RULES and data["features"] == STAGES
     # layer1.0's conv3 and downsample.0 are both 64->256 1x1 convs with stride 1: order decided
-    assert "  #   layer1.0.downsample.0 -> stage1_block0_down_conv; also fits: torch layer1.0.conv3" \
+    assert "\n#   layer1.0.downsample.0 -> stage1_block0_down_conv; also fits: torch layer1.0.conv3" \
         in draft.text
     _same_table_as_catalogue("draft/resnet50", "torchvision/resnet50")
     from zoo.conversion.pipeline import prepare
@@ -166,14 +162,14 @@ def test_order_only_and_several_transforms_are_named(recipe_dir):
                          name="draft/swapped", trace_size=16)
     assert draft.complete
     text = draft.text
-    assert ("  # unsure: chosen by order only (names do not decide):\n"
-            "  #   left -> conv_b; also fits: torch right, keras conv_a\n"
-            "  - {torch: 'left', keras: 'conv_b', transform: conv2d}") in text
-    assert "  #   right -> conv_a; also fits: torch left, keras conv_b\n" in text
-    assert ("  # unsure: several transforms fit (layernorm, groupnorm) for affine; chose layernorm\n"
-            "  - {torch: 'affine', keras: 'scale', transform: layernorm}") in text
+    assert ("\n# unsure: chosen by order only (names do not decide):\n"
+            "#   left -> conv_b; also fits: torch right, keras conv_a\n"
+            "- {torch: left, keras: conv_b, transform: conv2d}\n") in text
+    assert "\n#   right -> conv_a; also fits: torch left, keras conv_b\n" in text
+    assert ("\n# unsure: several transforms fit (layernorm, groupnorm) for affine; chose layernorm\n"
+            "- {torch: affine, keras: scale, transform: layernorm}\n") in text
     assert [r.torch for r in draft.unsure] == ["left", "right", "affine"]
-    assert "  - {torch: 'stem', keras: 'stem', transform: conv2d}" in text   # shape decides
+    assert "mapping:\n- {torch: stem, keras: stem, transform: conv2d}\n" in text   # shape decides
     assert "# features: TODO" in text
     assert draft_recipe("python:draft_fixtures:swapped", "python:draft_fixtures:swapped_keras",
                         name="draft/swapped", trace_size=16).text == text   # deterministic
@@ -181,6 +177,37 @@ def test_order_only_and_several_transforms_are_named(recipe_dir):
     _write(draft, recipe_dir, "swapped")
     _model, report = zoo.convert("draft/swapped", input_size=SMALL)
     assert report["status"] == "passed"
+
+
+@pytest.mark.parametrize("fixture, kwargs, size", [
+    ("swapped", {}, 16),
+    ("flat", {"source_kwargs": {"num_classes": 5}, "builder_kwargs": {"classes": 5}}, 4)])
+def test_yaml_round_trip(tmp_path, fixture, kwargs, size):
+    """The text is draft.data (yaml.safe_dump) plus comments only: loading it back gives the same
+    structures, and zoo.recipe reads the same rules and variant from it."""
+    draft = draft_recipe(f"python:draft_fixtures:{fixture}", f"python:draft_fixtures:{fixture}_keras",
+                         name=f"draft/{fixture}", trace_size=size, **kwargs)
+    assert yaml.safe_load(draft.text) == draft.data
+    recipe = load_recipe(_write(draft, tmp_path, fixture))
+    assert [(r.torch.pattern, r.keras, r.transform, r.args, r.module_type) for r in recipe.mapping] \
+        == [(d["torch"], d["keras"], d["transform"], d.get("args", {}), d.get("module_type"))
+            for d in draft.data["mapping"]]
+    assert [(r.torch, r.keras, r.transform, r.args, r.module_type) for r in draft.rules] == \
+        [(d["torch"], d["keras"], d["transform"], d.get("args", {}), d.get("module_type"))
+         for d in draft.data["mapping"]]
+    assert [p.pattern for p in recipe.ignore] == draft.data["ignore"] == [r".*\.num_batches_tracked"]
+    assert recipe.classifier == draft.data["classifier"] == "head"
+    (name, spec), = draft.data["variants"].items()
+    variant = recipe.variants[name]
+    assert (variant.source, variant.source_kwargs, variant.builder, variant.builder_kwargs) == \
+        (spec["torch"]["source"], spec["torch"].get("kwargs", {}), spec["keras"]["builder"],
+         spec["keras"].get("kwargs", {}))
+    assert (variant.source_kwargs, variant.builder_kwargs) == \
+        (kwargs.get("source_kwargs", {}), kwargs.get("builder_kwargs", {}))
+    if fixture == "flat":   # module_type and args survive the trip
+        assert [(r.module_type, r.args) for r in recipe.mapping] == [
+            ("Conv2d", {}), ("BatchNorm2d", {}), (None, {"chw": [6, 4, 4]})]
+        assert "\n# note: head follows a Flatten of (H, W, C) = (4, 4, 6)" in draft.text
 
 
 def test_missing_keras_layer_is_named_and_exit_code_1(tmp_path):
@@ -197,9 +224,9 @@ def test_missing_keras_layer_is_named_and_exit_code_1(tmp_path):
                          "#   second.weight [8, 8, 3, 3]\n"
                          "#   second.bias [8]\n"
                          "# keras variables not matched (0):\n")
-    assert ("  # unsure: chosen by order only (names do not decide):\n"
-            "  #   first -> mid; also fits: torch second\n"
-            "  - {torch: 'first', keras: 'mid', transform: conv2d}") in text
+    assert ("\n# unsure: chosen by order only (names do not decide):\n"
+            "#   first -> mid; also fits: torch second\n"
+            "- {torch: first, keras: mid, transform: conv2d}\n") in text
     data = yaml.safe_load(text)    # still a valid recipe, just incomplete
     assert [r["torch"] for r in data["mapping"]] == ["stem", "first", "head"]
 
@@ -271,18 +298,20 @@ def test_generalise_segments():
     assert len(generalise(pairs, paths, "numbers")) > 1
 
 
-def test_assign_is_a_minimum_cost_assignment():
+def test_assign_matches_most_compatible_pairs_then_least_cost():
+    """Only compatible pairs (the keys of `costs`) are ever chosen, as many as any matching allows,
+    and of those matchings the cheapest: checked against every matching, enumerated."""
     rng = np.random.default_rng(0)
-    for rows, cols in ((4, 4), (3, 5), (5, 3), (6, 6)):
-        cost = rng.random((rows, cols))
-        got = _assign(cost)
-        assert len(got) == min(rows, cols)
-        assert len({r for r, _ in got}) == len({c for _, c in got}) == len(got)
-        if rows <= cols:
-            best = min(sum(cost[r, c] for r, c in enumerate(p))
-                       for p in itertools.permutations(range(cols), rows))
-        else:
-            best = min(sum(cost[r, c] for c, r in enumerate(p))
-                       for p in itertools.permutations(range(rows), cols))
-        assert np.isclose(sum(cost[r, c] for r, c in got), best)
-
+    for rows, cols, density in ((4, 4, 1.0), (3, 5, 0.6), (5, 3, 0.6), (6, 6, 0.4), (6, 5, 0.3)):
+        costs = {(i, j): float(rng.random() * 10) for i in range(rows) for j in range(cols)
+                 if rng.random() < density}
+        got = assign(costs)
+        assert all(ij in costs for ij in got)
+        assert len({i for i, _ in got}) == len({j for _, j in got}) == len(got)
+        best = None   # (most pairs, least cost) over every one-to-one subset of compatible pairs
+        for perm in itertools.permutations(list(range(cols)) + [None] * rows, rows):
+            chosen = [(i, j) for i, j in enumerate(perm) if j is not None and (i, j) in costs]
+            key = (-len(chosen), sum(costs[ij] for ij in chosen))
+            best = key if best is None or key < best else best
+        assert (-len(got), sum(costs[ij] for ij in got)) == pytest.approx(best)
+    assert assign({}) == []
