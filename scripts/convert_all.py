@@ -4,7 +4,7 @@ The parent imports neither torch nor tensorflow."""
 import argparse
 import sys
 
-from zoo.arguments import cli, output_root, positive_int
+from zoo.arguments import cli, output_root, positive_int, positive_seconds
 
 
 def main(argv=None):
@@ -21,6 +21,8 @@ def main(argv=None):
     p.add_argument("--out", default="outputs", type=cli(output_root, "--out"), help="output root")
     p.add_argument("--input-size", type=cli(positive_int, "--input-size"),
                    help="validation resolution (default: each recipe's)")
+    p.add_argument("--timeout", type=cli(positive_seconds, "--timeout"), metavar="SECONDS",
+                   help="fail a model whose worker runs longer than this, and go on")
     args = p.parse_args(argv)
 
     from zoo.batch import BatchError, run_batch, select, summary_table
@@ -30,7 +32,8 @@ def main(argv=None):
             print("nothing to convert (selection is empty)", file=sys.stderr)
             return 0
         rows, code = run_batch(names, weights=args.weights, jobs=args.jobs, out=args.out,
-                               resume=args.resume, input_size=args.input_size)
+                               resume=args.resume, input_size=args.input_size,
+                               timeout=args.timeout)
     except BatchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 """Re-validate every converted model in OUT from its files on disk against its golden outputs
 (no torch needed). Exit code 1 if any model fails."""
 import argparse
+import json
 import os
 import sys
 
@@ -17,6 +18,7 @@ def main(argv=None):
 
     from tqdm import tqdm
 
+    from zoo.export import is_complete
     from zoo.validate import validate_files
 
     dirs = sorted(c.parent for c in Path(args.out).rglob("config.json")
@@ -25,6 +27,16 @@ def main(argv=None):
         print(f"no converted models under {args.out}", file=sys.stderr)
         return 1
     failed = []
+    # A model the batch index lists as passed must still be on disk, complete (a run killed
+    # between the two renames of a re-conversion used to leave it listed but gone).
+    index_path = Path(args.out) / "index.json"
+    listed = json.loads(index_path.read_text()).get("models", {}) if index_path.is_file() else {}
+    for name, row in sorted(listed.items()):
+        folder = Path(args.out) / name
+        if row.get("status") in ("passed", "up to date") and not is_complete(folder):
+            failed.append(name)
+            print(f"FAILED {name}: listed as passed in {index_path} but {folder} is missing or "
+                  "incomplete")
     for d in tqdm(dirs, desc="validate", unit="model"):
         name = d.relative_to(args.out).as_posix()
         try:
@@ -39,7 +51,8 @@ def main(argv=None):
                    + (f" (failed: {', '.join(bad)})" if bad else ""))
         if bad:
             failed.append(name)
-    print(f"{len(dirs) - len(failed)}/{len(dirs)} models pass")
+    total = len({d.relative_to(args.out).as_posix() for d in dirs} | set(failed))
+    print(f"{total - len(failed)}/{total} models pass")
     return 1 if failed else 0
 
 

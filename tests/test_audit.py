@@ -32,7 +32,14 @@ def test_custom_ops_autograd_functions_and_unknown_modules_are_named():
     assert rows[("op", "torchvision::deform_conv2d")]["where"] == ["dconv"]
     assert rows[("autograd", "audit_fixtures.ClampFn")]["status"].startswith("custom op")
     assert rows[("module", "DeformConv2d")]["status"] == "unknown"
-    assert rows[("module", "Softplus")]["status"] == "unknown"
+    assert "re-implement" in rows[("module", "DeformConv2d")]["note"]
+    # Keras has these (under another name or the same): no "re-implement" advice for them
+    for module, twin in (("Softplus", "keras.activations.softplus"),
+                         ("ZeroPad2d", "keras.layers.ZeroPadding2D"),
+                         ("Conv1d", "keras.layers.Conv1D")):
+        assert rows[("module", module)]["status"] == "keras twin (no zoo block)", module
+        assert twin in rows[("module", module)]["note"] and \
+            "re-implement" not in rows[("module", module)]["note"], module
     assert rows[("module", "Conv2d")]["status"] == "supported"
 
 

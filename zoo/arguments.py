@@ -14,22 +14,42 @@ class InvalidArgumentError(ZooError, ValueError):
     """A value passed to the API or a script is out of range or of the wrong kind."""
 
 
+def _number(option, value, kind):
+    if isinstance(value, str):   # from the command line
+        try:
+            value = kind(value)
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return value
+
+
 def positive_int(option: str, value, allow_none: bool = True):
     """`value` as an int >= 1 (None passes through when allowed)."""
     if value is None and allow_none:
         return None
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and \
-        math.isfinite(value) and value == int(value) and value >= 1
-    if not ok:
+    number = _number(option, value, int)
+    if number is None or number != int(number) or number < 1:
         raise InvalidArgumentError(f"{option} must be a whole number >= 1, got {value!r}")
-    return int(value)
+    return int(number)
 
 
-def output_root(value) -> Path:
+def positive_seconds(option: str, value, allow_none: bool = True):
+    """A duration in seconds > 0 (None passes through when allowed)."""
+    if value is None and allow_none:
+        return None
+    number = _number(option, value, float)
+    if number is None or number <= 0:
+        raise InvalidArgumentError(f"{option} must be a number of seconds > 0, got {value!r}")
+    return float(number)
+
+
+def output_root(option: str, value) -> Path:
     """An output root: a directory, or a path that does not exist yet (it will be created)."""
     path = Path(value)
     if path.exists() and not path.is_dir():
-        raise InvalidArgumentError(f"output root {str(path)!r} exists and is not a directory")
+        raise InvalidArgumentError(f"{option} {str(path)!r} exists and is not a directory")
     return path
 
 
@@ -37,14 +57,7 @@ def cli(check, option: str):
     """An argparse `type=` from one of the checks above (argparse reports the message, exit 2)."""
     def parse(text):
         try:
-            if check is positive_int:
-                try:
-                    number = int(text)
-                except ValueError:
-                    raise InvalidArgumentError(f"{option} must be a whole number >= 1, "
-                                               f"got {text!r}") from None
-                return positive_int(option, number, allow_none=False)
-            return check(text)
+            return check(option, text)
         except InvalidArgumentError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
     parse.__name__ = option   # argparse names the type in its message

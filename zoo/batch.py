@@ -5,10 +5,12 @@ The parent never imports torch or TensorFlow: every model runs in its own worker
 """
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,9 +21,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from zoo import catalog
+from zoo import catalog, faults
 from zoo.constants import CHECKPOINT_SUFFIXES, STAGES
-from zoo.export import is_complete, sha256_file, write_json, write_text
+from zoo.export import (
+    is_complete,
+    manifest,
+    pid_alive,
+    recover,
+    sha256_file,
+    sweep_tmp_files,
+    write_json,
+    write_text,
+)
 from zoo.versions import library_versions
 
 
@@ -34,7 +45,9 @@ def select(only=None, exclude=None, shard=None) -> list[str]:
     if only:
         unmatched = [g for g in only if not any(fnmatch.fnmatchcase(n, g) for n in names)]
         if unmatched:
-            raise BatchError(f"--only {unmatched} match(es) no catalogue model")
+            close = sorted({c for g in unmatched for c in difflib.get_close_matches(g, names, n=3)})
+            raise BatchError(f"--only {unmatched} match(es) no catalogue model"
+                             + (f"; did you mean {', '.join(close)}?" if close else ""))
         names = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in only)]
     if exclude:
         names = [n for n in names if not any(fnmatch.fnmatchcase(n, g) for g in exclude)]
@@ -82,6 +95,10 @@ def up_to_date(out, name, weights, input_size=None, num_classes=None) -> dict | 
         report = json.loads((folder / "report.json").read_text())
     except (OSError, ValueError):
         return None
+    # Complete-looking is not enough: a truncated or altered file must be converted again.
+    files = {k: v for k, v in manifest(folder).items() if k != "report.json"}
+    if not report.get("files") or files != report["files"]:
+        return None
     variant, _ = catalog.get_variant(name)
     w = report.get("weights", {})
     if weights in ("auto", "pretrained", "random"):
@@ -128,8 +145,10 @@ def summary_table(rows: dict) -> str:
 
 
 class _Worker:
-    def __init__(self, name, job, tmpdir, log_dir):
+    def __init__(self, name, job, tmpdir, log_dir, out):
         self.name = name
+        self.folder = catalog.output_dir(out, name)
+        self.timed_out = None
         self.result_path = Path(tmpdir) / f"{abs(hash(name))}.result.json"
         job_path = Path(tmpdir) / f"{abs(hash(name))}.job.json"
         job_path.write_text(json.dumps(job))
@@ -155,24 +174,40 @@ class _Worker:
         self.log.close()
         if self.result_path.is_file():
             return json.loads(self.result_path.read_text())
+        recover(self.folder)   # a killed worker leaves its hidden work folder behind
         code = self.proc.returncode
-        if code < 0:
+        if self.timed_out is not None:
+            why = f"timed out after {self.timed_out:g} s (--timeout); worker killed"
+        elif code < 0:
             sig = signal.Signals(-code).name
             why = f"worker killed by {sig}" + (" (out of memory?)" if sig == "SIGKILL" else "")
         else:
             why = f"worker exited with code {code} without a result"
         tail = self.log_path.read_text().strip().splitlines()[-3:]
-        return {"name": self.name, "status": "crashed", "error": f"{why}; log {self.log_path}: "
-                + " | ".join(tail), "seconds": round(time.perf_counter() - self.start, 2)}
+        return {"name": self.name, "status": "timed out" if self.timed_out else "crashed",
+                "error": f"{why}; log {self.log_path}: " + " | ".join(tail),
+                "seconds": round(time.perf_counter() - self.start, 2)}
+
+
+def _sweep_batch_dirs(out: Path) -> None:
+    """Remove the job folders of batches whose parent process died (SIGKILL skips cleanup)."""
+    for d in out.glob(".batch-*"):
+        pid = d.name.split("-")[1]
+        if not pid.isdigit() or not pid_alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def run_batch(names, weights="auto", jobs=1, out="outputs", resume=False, input_size=None,
-              num_classes=None, stream=None) -> tuple[dict, int]:
-    """Convert `names`; returns ({name: summary row}, exit code)."""
+              num_classes=None, stream=None, timeout=None) -> tuple[dict, int]:
+    """Convert `names`; returns ({name: summary row}, exit code). timeout: seconds per model
+    (the worker is killed and the model reported failed; the rest go on)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _sweep_batch_dirs(out)
+    sweep_tmp_files(out)
     rows, queue = {}, []
     for name in names:
+        recover(catalog.output_dir(out, name))   # debris of interrupted earlier runs
         w = weights_for(name, weights)
         prev = up_to_date(out, name, w, input_size, num_classes) if resume else None
         if prev is not None:
@@ -187,12 +222,14 @@ def run_batch(names, weights="auto", jobs=1, out="outputs", resume=False, input_
     slots = [tqdm(total=len(STAGES), position=i + 1, leave=False, file=stream,
                   bar_format="  {desc}: {n_fmt}/{total_fmt} stages") for i in range(jobs)]
     running: dict[int, _Worker] = {}
-    with tempfile.TemporaryDirectory(prefix="zoo-batch-") as tmp:
+    # job/result files live under --out (not /tmp): a killed batch leaves them where the next
+    # run sweeps them (the parent's pid tells a dead batch from a concurrent live one)
+    with tempfile.TemporaryDirectory(prefix=f".batch-{os.getpid()}-", dir=out) as tmp:
         while queue or running:
             for i in range(jobs):
                 if i not in running and queue:
                     name, job = queue.pop(0)
-                    running[i] = _Worker(name, job, tmp, out / ".logs")
+                    running[i] = _Worker(name, job, tmp, out / ".logs", out)
             time.sleep(0.2)
             for i, w in list(running.items()):
                 desc = f"{w.name} [{w.stage}]"
@@ -201,7 +238,12 @@ def run_batch(names, weights="auto", jobs=1, out="outputs", resume=False, input_
                     slots[i].n = STAGES.index(w.stage) if w.stage in STAGES else 0
                     slots[i].refresh()
                 if w.proc.poll() is None:
-                    continue
+                    if timeout is not None and time.perf_counter() - w.start > timeout:
+                        w.timed_out = timeout
+                        w.proc.kill()
+                        w.proc.wait()
+                    else:
+                        continue
                 result = w.result()
                 rows[w.name] = _summary_row(w.name, result)
                 for msg in rows[w.name]["warnings"]:
@@ -229,8 +271,11 @@ def _write_index(out: Path, rows: dict) -> None:
         except ValueError:
             models = {}
     for name, row in rows.items():
-        if row["status"] == "up to date" and name in models:
+        # an up-to-date model keeps its recorded row, unless that row says it failed (the run
+        # that wrote the folder was killed before it could record the result)
+        if row["status"] == "up to date" and models.get(name, {}).get("status") == "passed":
             continue
         models[name] = {k: v for k, v in row.items()}
+    faults.point("index_write")
     write_json(index_path, {"models": models})
     write_text(out / "SUMMARY.md", "# Conversion summary\n\n" + summary_table(models))

@@ -32,5 +32,9 @@ class ValidationError(ZooError):
         self.report = report
 
 
+class ExportError(ZooError):
+    """Writing the converted model failed for a reason outside the model (disk full, limits)."""
+
+
 class ImportOrderError(ZooError):
     """tensorflow was imported before torch in a process that converts (this segfaults)."""

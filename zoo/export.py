@@ -6,30 +6,88 @@ validated there, and renamed into place; on any error the temporary folder is re
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
+
+from zoo import faults
 
 MODEL_FILES = ("model.weights.h5", "model.keras", "saved_model", "config.json", "golden.npz",
                "report.json")
 
 
+def _tmp_name(path: Path) -> Path:
+    # the writer's pid lets sweep_tmp_files() tell a dead writer's leftover from a live write
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
+def sweep_tmp_files(folder) -> None:
+    """Remove the temporary files of write_json/write_text callers that were killed mid-write."""
+    for p in Path(folder).glob(".*.tmp"):
+        pid = p.name.rsplit(".", 2)[-2].split("-")[0]
+        if p.is_file() and not (pid.isdigit() and pid_alive(int(pid))):
+            p.unlink(missing_ok=True)
+
+
 def write_json(path, data) -> None:
     """Deterministic JSON (sorted keys), written atomically."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = _tmp_name(path)
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)
 
 
 def write_text(path, text: str) -> None:
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = _tmp_name(path)
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # someone else's live process
+        return True
+    return True
+
+
+def _siblings(final: Path):
+    """(path, kind 'tmp'|'old', writer pid or None) of the hidden work folders of `final`."""
+    pattern = re.compile(rf"\.{re.escape(final.name)}\.(tmp|old)-(?:(\d+)-)?[0-9a-f]{{8}}")
+    if not final.parent.is_dir():
+        return []
+    found = []
+    for p in sorted(final.parent.iterdir()):
+        m = pattern.fullmatch(p.name)
+        if m:
+            found.append((p, m.group(1), int(m.group(2)) if m.group(2) else None))
+    return found
+
+
+def recover(final) -> None:
+    """Clean up after writers of `final` that died (SIGKILL, power loss): their hidden work folders
+    are removed, and if they died between the two renames of a replacement (the model folder
+    gone), the validated new folder — or else the previous one — is put back in place first."""
+    final = Path(final)
+    dead = [(p, kind) for p, kind, pid in _siblings(final) if pid is None or not pid_alive(pid)]
+    if not final.exists():
+        # report.json is written last, after validation: its presence marks a complete folder
+        for wanted in ("tmp", "old"):
+            done = [p for p, kind in dead if kind == wanted and (p / "report.json").is_file()]
+            if done:
+                os.replace(done[-1], final)
+                break
+    for p, _kind in dead:
+        if p.exists():
+            shutil.rmtree(p, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -37,28 +95,51 @@ def atomic_dir(final: str | Path):
     """Yield a temporary folder that replaces `final` only if the block succeeds."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    recover(final)
+    # The writer's pid in the name lets a later run tell debris of a dead writer from the work
+    # of a live one (concurrent conversions of the same model).
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = final.parent / f".{final.name}.tmp-{token}"
     tmp.mkdir()
     try:
         yield tmp
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        _swap_in(tmp, final, final.parent / f".{final.name}.old-{token}")
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _swap_in(tmp: Path, final: Path, old: Path, attempts: int = 20) -> None:
+    """Move `tmp` to `final`, the previous `final` aside and then away. Another writer of the same
+    model may put its folder in place between our two renames (ENOTEMPTY): move that aside too
+    and retry; the last writer wins and every folder that appears is complete."""
+    for _ in range(attempts):
+        try:
+            os.replace(final, old)
+        except FileNotFoundError:
+            pass
+        faults.point("between_renames")
+        try:
+            os.replace(tmp, final)
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+            continue
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    raise OSError(f"could not move {tmp} into place: {final} kept being replaced by other writers")
+
+
 def save_model_files(model, folder) -> None:
     folder = Path(folder)
     model.save_weights(folder / "model.weights.h5")
+    faults.point("export:weights.h5")
     model.save(folder / "model.keras")
+    faults.point("export:keras")
     # Serving signature: NHWC float32 input, logits output.
     model.export(str(folder / "saved_model"), format="tf_saved_model", verbose=False)
+    faults.point("export:saved_model")
 
 
 def sha256_file(path) -> str:

@@ -18,6 +18,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
+from zoo import faults
 from zoo.errors import ZooError
 from zoo.export import is_complete, manifest, sha256_file, write_json, write_text
 
@@ -151,6 +152,7 @@ def build_release(out_roots, release: Path, version: str | None = None,
         write_text(dest / "README.md", _card(name, report, config))
         if saved_model:
             _deterministic_tgz(folder / "saved_model", dest / "saved_model.tar.gz")
+        faults.point("publish")   # files of a model written, index not yet: see test_faults
         files = {}
         for p in sorted(dest.iterdir()):
             if p.is_file() and not p.name.startswith("."):

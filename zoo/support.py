@@ -58,3 +58,23 @@ FUNCTIONS = {
 # ops that index NCHW axes explicitly: supported, but every axis must be translated to NHWC
 AXIS_SENSITIVE = {"reshape", "view", "permute", "transpose", "flatten", "cat", "concat", "chunk",
                   "split", "mean", "sum", "amax", "softmax", "squeeze", "unsqueeze", "norm"}
+
+# torch.nn modules zoo has no builder block for, but Keras has a counterpart under another name
+# (same-named ones, e.g. Conv1d -> Conv1D, Softsign -> softsign, are found by the audit itself).
+# Writing the builder with these is ordinary work, not a re-implementation.
+KERAS_TWINS = {
+    "ZeroPad2d": "keras.layers.ZeroPadding2D", "ZeroPad1d": "keras.layers.ZeroPadding1D",
+    "ZeroPad3d": "keras.layers.ZeroPadding3D",
+    "Upsample": "keras.layers.UpSampling2D / Resizing (check align_corners: Keras is half-pixel)",
+    "UpsamplingNearest2d": "keras.layers.UpSampling2D(interpolation='nearest')",
+    "UpsamplingBilinear2d": "keras.layers.Resizing (torch uses align_corners=True here)",
+    "PixelShuffle": "keras.ops.depth_to_space (channel order differs: permute the preceding conv)",
+    "ConvTranspose2d": "keras.layers.Conv2DTranspose (kernel (in, out, kh, kw) -> (kh, kw, out, in))",
+    "MultiheadAttention": "keras.layers.MultiHeadAttention (split in_proj weights per head)",
+    "ELU": "keras.layers.ELU", "SELU": "keras.activations.selu", "Softplus": "keras.activations.softplus",
+    "Hardtanh": "keras.ops.clip", "Embedding": "keras.layers.Embedding",
+    "InstanceNorm2d": "keras.layers.GroupNormalization(groups=-1)",
+    "BatchNorm1d": "keras.layers.BatchNormalization", "LSTM": "keras.layers.LSTM (gate order i,f,g,o)",
+    "GRU": "keras.layers.GRU (reset_after=True; gate order r,z,n)",
+}
+

@@ -17,10 +17,13 @@ from torch.overrides import TorchFunctionMode  # noqa: E402 - after torch_first
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from zoo.conversion.torch_first import torch
-from zoo.support import AXIS_SENSITIVE, CONTAINERS, FUNCTIONS, MODULES
+from zoo.support import AXIS_SENSITIVE, CONTAINERS, FUNCTIONS, KERAS_TWINS, MODULES
 
 CORE_NAMESPACES = {"aten", "prim", "prims"}
-SUPPORTED, CUSTOM, UNKNOWN = "supported", "custom op (C/C++ backend)", "unknown"
+SUPPORTED, KERAS, CUSTOM, UNKNOWN = ("supported", "keras twin (no zoo block)",
+                                     "custom op (C/C++ backend)", "unknown")
+STATUSES = (SUPPORTED, KERAS, CUSTOM, UNKNOWN)
+_BLOCKING = (CUSTOM, UNKNOWN)   # what needs a TF re-implementation; a Keras twin does not
 
 
 def _fn_name(func) -> str:
@@ -81,6 +84,20 @@ def _custom_functions(output, rec):
         todo.extend(fn for fn, _ in node.next_functions)
 
 
+def keras_twin(name: str) -> str | None:
+    """The Keras layer or activation that does what torch module `name` does, if any: a known
+    renaming, or the same name up to case (Conv1d / Conv1D, Softsign / softsign)."""
+    if name in KERAS_TWINS:
+        return KERAS_TWINS[name]
+    import keras
+
+    for namespace in ("layers", "activations"):
+        found = {n.lower(): n for n in dir(getattr(keras, namespace)) if not n.startswith("_")}
+        if name.lower() in found:
+            return f"keras.{namespace}.{found[name.lower()]}"
+    return None
+
+
 def classify(kind: str, name: str) -> tuple[str, str]:
     if kind == "composite":
         return SUPPORTED, "composite: its children and ops are audited individually"
@@ -89,7 +106,11 @@ def classify(kind: str, name: str) -> tuple[str, str]:
             return SUPPORTED, MODULES[name]
         if name in CONTAINERS:
             return SUPPORTED, "container"
-        return UNKNOWN, "no Keras builder block or layer in zoo; re-implement it (zoo/layers/)"
+        twin = keras_twin(name)
+        if twin:
+            return KERAS, f"{twin}: write it into the builder (no zoo block or transform yet)"
+        return UNKNOWN, ("neither zoo nor Keras has a counterpart; re-implement it (zoo/layers/) "
+                         "and prove it equal to the torch module")
     if kind == "function":
         if name in FUNCTIONS:
             note = "translate its NCHW axes to NHWC" if name in AXIS_SENSITIVE else ""
@@ -140,9 +161,9 @@ def audit_module(model, input_shape=(1, 3, 224, 224)) -> dict:
         uniq = list(dict.fromkeys(where))
         rows.append({"kind": kind, "name": name, "count": len(where), "status": status,
                      "note": note, "where": uniq[:5], "more": max(len(uniq) - 5, 0)})
-    problems = [r for r in rows if r["status"] != SUPPORTED]
+    problems = [r for r in rows if r["status"] in _BLOCKING]
     return {"input_shape": list(input_shape), "rows": rows, "supported": not problems,
-            "counts": {s: sum(r["status"] == s for r in rows) for s in (SUPPORTED, CUSTOM, UNKNOWN)}}
+            "counts": {s: sum(r["status"] == s for r in rows) for s in STATUSES}}
 
 
 def format_table(result: dict) -> str:
@@ -155,5 +176,6 @@ def format_table(result: dict) -> str:
         lines.append(f"{r['status']:26s} {r['kind']:9s} {r['name']:{w}s} {r['count']:5d}  "
                      f"{where}{note}")
     c = result["counts"]
-    lines.append(f"\n{c[SUPPORTED]} supported, {c[CUSTOM]} custom op(s), {c[UNKNOWN]} unknown")
+    lines.append(f"\n{c[SUPPORTED]} supported, {c[KERAS]} with a Keras twin, {c[CUSTOM]} custom "
+                 f"op(s), {c[UNKNOWN]} unknown")
     return "\n".join(lines)

@@ -2,17 +2,21 @@
 -> parity again -> report. The Keras model is built once; nothing is written unless it passes."""
 from __future__ import annotations
 
+import errno
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from zoo import faults
+from zoo.arguments import output_root, positive_int
 from zoo.catalog import get_variant, output_dir
 from zoo.constants import STAGES  # noqa: F401 - the stages convert() runs; scripts/convert.py counts them
 from zoo.conversion.divergence import layer_diff
 from zoo.conversion.mapping import apply_plan, plan_mapping
 from zoo.conversion.sources import load_torch_model
 from zoo.conversion.torch_first import torch  # before keras/tensorflow
-from zoo.errors import ValidationError
+from zoo.errors import ExportError, ValidationError
 from zoo.export import atomic_dir, manifest, save_model_files, write_json
 from zoo.models import get_builder
 from zoo.validate import compare_outputs, keras_outputs, make_inputs, save_golden, validate_files
@@ -49,6 +53,20 @@ def _stage(name, timings, progress):
     timings[name] = round(time.perf_counter() - t0, 3)
 
 
+@contextmanager
+def _disk_errors(name, final):
+    """A full disk or a file-size limit is the user's to fix: say so in one line (atomic_dir has
+    already removed the partial folder when this propagates)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise
+        # h5py's strerror is a multi-line HDF5 trace; the errno says what happened
+        raise ExportError(f"{name}: cannot write {final}: {os.strerror(e.errno)} (disk full or "
+                          "file-size limit); nothing was written") from None
+
+
 def float32_error(module, inputs_nhwc, feature_modules, ref32, tolerance) -> dict:
     """How far torch's own float32 forward is from a float64 forward of the same weights: the
     precision the network allows at float32. A parity error of that size is the network's
@@ -71,6 +89,8 @@ def prepare(name, weights="random", num_classes=None, in_chans=None, *, timings=
     """Load the torch model, build the Keras model once, map the weights strictly.
     Returns (variant, torch model, builder kwargs, keras model, mapping plan)."""
     variant, tag = get_variant(name)
+    num_classes = positive_int("num_classes", num_classes)
+    in_chans = positive_int("in_chans", in_chans)
     timings = {} if timings is None else timings
     with _stage("load_torch", timings, progress):
         tm = load_torch_model(variant, tag, weights, num_classes, in_chans)
@@ -82,6 +102,7 @@ def prepare(name, weights="random", num_classes=None, in_chans=None, *, timings=
         plan = plan_mapping(tm.state_dict_numpy(), model, variant.rules, variant.recipe.ignore,
                             modules=dict(tm.module.named_modules()), context=name,
                             check_hparams=check_hparams)
+        faults.point("map_weights")
         apply_plan(model, plan)
     return variant, tm, kwargs, model, plan
 
@@ -97,6 +118,8 @@ def convert(name: str, weights="random", num_classes: int | None = None,
     requested/warnings: what the user asked for when it differs from `weights` (batch `auto`) and
     why; both are recorded in the report.
     """
+    input_size = positive_int("input_size", input_size)
+    final = None if out_dir is None else output_dir(output_root("out_dir", out_dir), name)
     timings: dict[str, float] = {}
     variant, tm, kwargs, model, plan = prepare(name, weights, num_classes, in_chans,
                                                timings=timings, progress=progress)
@@ -151,9 +174,8 @@ def convert(name: str, weights="random", num_classes: int | None = None,
         "weights": report["weights"], "license": tm.license, "source": variant.source,
         "tolerance": variant.tolerance, "feature_layers": list(features.values()),
     }
-    final = output_dir(out_dir, name)
     with atomic_dir(final) as tmp:
-        with _stage("export", timings, progress):
+        with _stage("export", timings, progress), _disk_errors(name, final):
             write_json(tmp / "config.json", config)
             save_golden(tmp, inputs, ref)
             save_model_files(model, tmp)

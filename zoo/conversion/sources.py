@@ -194,13 +194,32 @@ def _unwrap_state_dict(obj, path):
                 break
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
         raise SourceError(f"{path}: does not contain a state_dict (a mapping of names to tensors)")
-    if obj and all(k.startswith("module.") for k in obj):   # saved from DataParallel/DDP
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+    # Wrappers add a prefix to every key: DataParallel/DDP `module.`, torch.compile `_orig_mod.`
+    for prefix in ("module.", "_orig_mod."):
+        if obj and all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
     return obj
+
+
+def check_finite(state: dict, where) -> None:
+    """Name the tensors holding NaN/inf before any forward pass: otherwise they surface as a
+    parity failure that looks like conditioning or a mapping mistake."""
+    bad = sorted(k for k, v in state.items()
+                 if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        more = f" ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise SourceError(f"{where}: {len(bad)} tensor(s) contain NaN or inf: "
+                          f"{', '.join(bad[:10])}{more}; the weights are broken (diverged training, "
+                          f"a bad export?) and cannot be converted")
 
 
 def read_checkpoint(path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in CHECKPOINT_SUFFIXES)[:5]
+        raise SourceError(f"checkpoint {path} is a directory; pass the checkpoint file itself"
+                          + (f" (it contains {', '.join(inside)})" if inside else
+                             f" (it holds no {'/'.join(CHECKPOINT_SUFFIXES)} file)"))
     if not path.is_file():
         raise SourceError(f"checkpoint {path} does not exist")
     if path.suffix not in CHECKPOINT_SUFFIXES:
@@ -340,6 +359,8 @@ def load_torch_model(variant: Variant, tag: str | None, weights: str,
         module = _build_random(variant, tag, num_classes, in_chans)
         _load_checkpoint(module, state, path, variant)
         kind, ckpt = "checkpoint", {"path": str(path.resolve()), "sha256": sha256_file(path)}
+    if kind != "random":
+        check_finite(module.state_dict(), ckpt["path"] if ckpt else f"pretrained {variant.name}")
     module.eval()
     pre, license_, names, tag = _metadata(variant, tag, module, kind)
     n_cls = _num_classes(module, variant, num_classes)
