@@ -233,3 +233,50 @@ def test_long_error_lists_are_truncated():
     msg = str(info.value)
     contains(msg, f"({n + 1} problem(s))", "... and 6 more")   # + f/kernel never assigned
     assert len(msg.splitlines()) == 1 + MAX_REPORTED + 1
+
+
+# ------------------------------------------------------------------------- template expressions
+
+def tabled(i, pattern, template, transform, tables):
+    return Rule(i, re.compile(pattern), template, transform, {}, tables=tables)
+
+
+def test_keras_layer_path_evaluates_index_expressions_and_tables():
+    r = tabled(0, r"blocks\.(\d)\.(\d+)\.(fc\d)", "block{first[g1]+g2}_{se[g3]}_s{g1+1}_h{(g2+1)//2}",
+               "conv2d", {"first": [1, 2, 4, 7], "se": {"fc1": "reduce", "fc2": "expand"}})
+    # blocks.<stage>.<i>: flat block first[stage] + i; hand-computed: 4 + 2, 3 + 1, (2 + 1) // 2
+    assert keras_layer_path(r, r.torch.fullmatch("blocks.2.2.fc1")) == "block6_reduce_s3_h1"
+    assert keras_layer_path(r, r.torch.fullmatch("blocks.3.0.fc2")) == "block7_expand_s4_h0"
+    plain = tabled(1, r"features\.(\d+)\.(\d+)", "stage{g1-6}_block{2}_{g1}", "conv2d", {})
+    assert keras_layer_path(plain, plain.torch.fullmatch("features.13.10")) == "stage7_block10_13"
+
+
+@pytest.mark.parametrize("pattern, template, module, tables, expected", [
+    (r"(\w+)\.(\d+)", "b{g1+1}", "fc.3", {}, "group 1 is 'fc', not an integer"),
+    (r"(\w+)(\d)?", "b{g2*2}", "fc", {}, "group 2 is None, not an integer"),
+    (r"blocks\.(\d+)", "b{first[g1]}", "blocks.4", {"first": [1, 2, 4]},
+     "index 4 is outside table 'first' (3 entries)"),
+    (r"blocks\.(\d+)", "b{first[g1-1]}", "blocks.0", {"first": [1, 2, 4]},
+     "index -1 is outside table 'first'"),          # never counted from the end
+    (r"(fc\d)", "x_{se[g1]}", "fc3", {"se": {"fc1": "reduce"}}, "table 'se' has no entry 'fc3'"),
+    (r"blocks\.(\d+)", "b{g1//(g1-g1)}", "blocks.2", {}, "division by zero"),
+    (r"blocks\.(\d+)", "b{first[g1]}", "blocks.0", {}, "table(s) ['first'] are not given"),
+], ids=["not_integer", "unmatched_group", "out_of_range", "negative", "no_key", "zero", "no_table"])
+def test_template_evaluation_errors_name_the_rule(pattern, template, module, tables, expected):
+    r = tabled(7, pattern, template, "conv2d", tables)
+    with pytest.raises(MappingError) as info:
+        keras_layer_path(r, r.torch.fullmatch(module))
+    contains(str(info.value), "rule #7", repr(template), f"torch module {module!r}", expected)
+
+
+def test_plan_reports_a_template_failure_with_the_other_problems():
+    tm, km = Tiny(), keras_tiny()
+    bad = rules(fc=False) + [tabled(5, r"(fc)", "f{g1+1}", "linear", {})]
+    msg = mapping_error(tm, km, bad)
+    contains(msg, "torch module 'fc'", "rule #5", "group 1 is 'fc', not an integer",
+             "keras variable 'f/kernel' (4, 5) is never assigned")
+    # a table decides the target: blocks.0 <-> block1 swapped (same shapes, so the plan is clean)
+    swapped = rules()[:2] + [tabled(2, r"blocks\.(\d+)", "block{order[g1]}", "conv2d",
+                                    {"order": [1, 0]}), rules()[3]]
+    plan = {a.torch_key: a.keras_path for a in plan_mapping(state_of(tm), km, swapped, IGNORE)}
+    assert plan["blocks.1.bias"] == "block0/bias" and plan["blocks.0.weight"] == "block1/kernel"

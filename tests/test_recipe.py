@@ -305,3 +305,91 @@ def test_duplicate_yaml_keys_are_errors(tmp_path):
     path.write_text(text + "tolerance: 1.0e-4\ntolerance: 1.0e-2\n")
     with pytest.raises(RecipeError, match="duplicate key 'tolerance'"):
         load_recipe(path)
+
+
+# ------------------------------------------------------------------ template expressions, tables
+
+def test_template_expressions_and_tables_load(tmp_path):
+    data = minimal()
+    data["tables"] = {"first": [1, 3, 7, 13], "bn": {"1": "norm_a", 2: "norm_b"}}
+    data["mapping"][1]["keras"] = "block{first[g1-1]+g2}_{bn[g3]}_s{(g1*2)//2}"
+    data["variants"]["timm/resnet18"]["tables"] = {"first": [0, 2, 4, 6]}   # overrides the recipe's
+    v = load_recipe(write(tmp_path, data)).variants["timm/resnet18"]
+    assert v.tables == {"first": [0, 2, 4, 6], "bn": {"1": "norm_a", "2": "norm_b"}}
+    typed = [r for r in v.rules if r.tables]
+    assert [r.index for r in typed] == [1]                # only the rule that looks tables up
+    assert typed[0].tables == v.tables
+    before = v.fingerprint()
+    data["variants"]["timm/resnet18"]["tables"] = {"first": [0, 2, 4, 5]}
+    assert load_recipe(write(tmp_path, data)).variants["timm/resnet18"].fingerprint() != before
+
+
+@pytest.mark.parametrize("template, expected", [
+    ("stage{g1+}_bn{3}", "bad expression {g1+}"),
+    ("stage{g1**2}_bn{3}", "'g1 ** 2' is not allowed"),
+    ("stage{__import__('os').getcwd()}", "is not allowed"),
+    ("stage{g1.real}", "'g1.real' is not allowed"),
+    ("stage{-g1}", "'-g1' is not allowed"),
+    ("stage{g1 if g2 else g3}", "is not allowed"),
+    ("stage{1+1}_bn{3}", "{1+1} uses no captured group"),
+    ("stage{first[2]}", "{first[2]} uses no captured group"),
+    ("stage{g4+1}", "refers to {g4+1} (group 4) but regex"),
+    ("stage{stage+1}", "refers to {stage+1} (group stage) but regex"),
+    ("stage{g1}_{", "unbalanced brace"),
+    ("stage{}", "empty placeholder"),
+    ("stage{g1+1:>3}", "bad expression"),
+], ids=["syntax", "power", "call", "attribute", "unary", "conditional", "no_group",
+        "constant_lookup", "missing_group", "unknown_name", "brace", "empty", "format_spec"])
+def test_bad_template_expressions_are_recipe_errors(tmp_path, template, expected):
+    data = minimal()
+    data["mapping"][1]["keras"] = template
+    contains(load_error(tmp_path, data), "mapping rule #1.keras", expected)
+
+
+def test_table_lookups_need_the_table_for_every_variant_of_the_rule(tmp_path):
+    data = minimal()
+    data["mapping"][1]["keras"] = "stage{first[g1]}_block{2}_bn{3}"
+    contains(load_error(tmp_path, data), "mapping rule #1.keras", "looks up table(s) ['first']",
+             "variant 'timm/resnet18' does not define")
+    data["variants"]["torchvision/resnet18"] = {
+        "torch": {"source": "torchvision:resnet18"},
+        "keras": {"builder": "resnet", "kwargs": {"block": "basic", "depths": [2, 2, 2, 2]}}}
+    data["variants"]["timm/resnet18"]["tables"] = {"first": [1, 2, 3, 4]}
+    contains(load_error(tmp_path, data), "variant 'torchvision/resnet18' does not define")
+    data["mapping"][1]["only"] = ["timm/*"]              # the rule no longer serves torchvision
+    recipe = load_recipe(write(tmp_path, data))
+    assert [r.tables for r in recipe.variants["timm/resnet18"].rules if r.tables] == \
+        [{"first": [1, 2, 3, 4]}]
+
+
+@pytest.mark.parametrize("tables, expected", [
+    ([1, 2], "tables: expected a mapping of table name -> list or mapping"),
+    ({"first": []}, "tables.first: expected a non-empty list"),
+    ({"first": [1, True]}, "tables.first: expected a non-empty list"),
+    ({"first": [1, [2]]}, "tables.first: expected a non-empty list"),
+    ({"first": 3}, "tables.first: expected a non-empty list"),
+    ({"se": {"fc1": {"a": 1}}}, "tables.se: expected a non-empty list"),
+    ({"bad name": [1]}, "tables: table name 'bad name' is not an identifier"),
+], ids=["not_mapping", "empty", "bool", "nested", "scalar", "nested_mapping", "name"])
+def test_malformed_tables_are_recipe_errors(tmp_path, tables, expected):
+    data = minimal()
+    data["tables"] = tables
+    contains(load_error(tmp_path, data), expected)
+    data = minimal()
+    data["variants"]["timm/resnet18"]["tables"] = tables
+    contains(load_error(tmp_path, data), f"variant 'timm/resnet18'.{expected}")
+
+
+# Rule counts before templates had expressions (issue 8): per-stage copies must not come back.
+@pytest.mark.parametrize("family, before", [("mobilenet_v3", 88), ("mobilenet_v2", 71),
+                                            ("convnext", 64), ("efficientnet", 45)])
+def test_shipped_recipes_say_each_rule_once(family, before):
+    recipe = load_recipe(ROOT / "recipes" / f"{family}.yaml")
+    assert len(recipe.mapping) <= before // 3
+
+
+def test_named_group_spelled_like_a_numbered_reference_is_refused(tmp_path):
+    data = minimal()
+    data["mapping"][1]["torch"] = r"layer(?P<g2>\d)\.(\d+)\.bn(\d)"   # g2 would be group 1 here
+    data["mapping"][1]["keras"] = "stage{g2+1}_block{2}_bn{3}"
+    contains(load_error(tmp_path, data), "mapping rule #1.keras", "named group(s) ['g2']")
