@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from zoo.layers import TorchMaxPool2D
-from zoo.models.common import conv2d
+from zoo.models.blocks import conv2d
 from zoo.transforms import TRANSFORMS
 
 

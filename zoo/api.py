@@ -37,12 +37,14 @@ def _config_for(path) -> tuple[dict, Path]:
 
 
 def create_model(name, pretrained=False, num_classes=None, include_top=True, input_shape=None,
-                 pooling=None, classifier_activation=None, features_only=False):
+                 pooling=None, classifier_activation=None, features_only=False, out_indices=None):
     """A Keras model for catalogue `name`, keras.applications-style.
 
     pretrained: False (random init), a local `.weights.h5` file or `outputs/<name>` folder, or True
     (published weights, downloaded and cached by `zoo.hub`; never a silent random fallback).
     The model takes normalised NHWC input (see `zoo.preprocess`) and returns logits.
+    features_only: one output per feature stage (`zoo.models.feature_info`), or only those of
+    out_indices (stage positions; negative counts from the end, as in timm).
     """
     import keras
 
@@ -69,6 +71,8 @@ def create_model(name, pretrained=False, num_classes=None, include_top=True, inp
     builder = get_builder(variant.builder)
     if pooling not in (None, "avg", "max"):
         raise ZooError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
+    if out_indices is not None and not features_only:
+        raise ZooError("out_indices selects feature stages: it needs features_only=True")
     # The builder knows where its features end (after MobileNet's/EfficientNet's 1x1 head conv,
     # like keras.applications and timm's forward_features); its layers are named as in `full`.
     headless = dict(include_top=False, pooling=pooling)
@@ -81,7 +85,8 @@ def create_model(name, pretrained=False, num_classes=None, include_top=True, inp
         full.load_weights(weights)
     if features_only:
         return keras.Model(full.inputs, [full.get_layer(n).output
-                                         for n in _stage_layers(full)], name=full.name)
+                                         for n in _stage_layers(full, out_indices)],
+                           name=full.name)
     if include_top:
         return full
     model = builder(**kwargs, classes=num_classes or 1000, input_shape=input_shape, **headless)
@@ -91,9 +96,20 @@ def create_model(name, pretrained=False, num_classes=None, include_top=True, inp
     return model
 
 
-def _stage_layers(model) -> list[str]:
-    return [layer.name for layer in model.layers if layer.name.startswith("stage") and
-            layer.name[len("stage"):].isdigit()]
+def _stage_layers(model, out_indices=None) -> list[str]:
+    """Names of the model's feature stages (graph order), or of those at out_indices."""
+    from zoo.models import feature_info
+
+    names = [stage["name"] for stage in feature_info(model)]
+    if out_indices is None:
+        return names
+    n = len(names)
+    indices = (out_indices,) if isinstance(out_indices, int) else tuple(out_indices)
+    bad = [i for i in indices if not isinstance(i, int) or not -n <= i < n]
+    if bad or not indices:
+        raise ZooError(f"out_indices {out_indices!r}: {model.name} has {n} feature stages, valid "
+                       f"indices are {-n} ... {n - 1}")
+    return [names[i] for i in indices]
 
 
 def preprocess(name_or_dir, images, *, size=None):

@@ -6,7 +6,7 @@ it; extend it when a builder/layer/transform adds support (pure Python, no torch
 MODULES = {
     # torch.nn
     "Conv2d": "keras Conv2D / DepthwiseConv2D (transforms conv2d, depthwise; symmetric padding in "
-              "zoo.models.common.conv2d)",
+              "zoo.models.blocks.conv2d)",
     "Linear": "keras Dense (transforms linear, linear_after_flatten)",
     "BatchNorm2d": "keras BatchNormalization (transform batchnorm; eps/momentum checked)",
     "LayerNorm": "keras LayerNormalization (transform layernorm; eps checked)",

@@ -45,3 +45,13 @@ def get_builder(name: str):
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
         raise ZooError(f"cannot import Keras builder {name!r}: {e}") from None
+
+
+def feature_info(model) -> list[dict]:
+    """The feature stages of a built model, in graph order, like timm's `feature_info`:
+    [{"name": "stage1", "channels": 256, "reduction": 4}, ...]; read from its FeatureStage layers
+    (`zoo.models.blocks.stage_end`), so a reloaded `.keras` model has them too."""
+    from zoo.models.blocks import feature_layers
+
+    return [{"name": layer.name, "channels": int(layer.output.shape[-1]),
+             "reduction": layer.reduction} for layer in feature_layers(model)]

@@ -21,7 +21,7 @@ import keras
 
 from zoo.layers.grn import GlobalResponseNorm
 from zoo.layers.layer_scale import LayerScale
-from zoo.models.common import finish, input_layer, load_weights
+from zoo.models.blocks import application, pooled_top, residual_add, stage_end
 
 _LAYER_SCALES = (None, "timm", "torchvision")
 
@@ -49,17 +49,12 @@ def _block(x, dim, *, mlp_ratio, conv_mlp, grn, layer_scale, ls_init, norm_eps, 
     y = _pointwise(y, dim, conv_mlp, f"{name}_fc2")
     if layer_scale:
         y = LayerScale(ls_init, layout=layer_scale, name=f"{name}_ls")(y)
-    if drop_path:
-        # stochastic depth: drops whole residual branches per sample while training, identity at
-        # inference (torch eval()).
-        y = keras.layers.Dropout(drop_path, noise_shape=(None, 1, 1, 1), name=f"{name}_drop_path")(y)
-    return keras.layers.Add(name=f"{name}_add")([y, shortcut])
+    return residual_add(y, shortcut, name, drop_path)
 
 
-def convnext(depths, dims, conv_mlp=False, grn=False, layer_scale="timm", ls_init_value=1e-6,
-             mlp_ratio=4, norm_eps=1e-6, drop_path_rate=0.0, *, include_top=True, weights=None,
-             input_shape=None, pooling=None, classes=1000, classifier_activation=None,
-             features_only=False, name="convnext"):
+@application("convnext")
+def convnext(inputs, depths, dims, conv_mlp=False, grn=False, layer_scale="timm",
+             ls_init_value=1e-6, mlp_ratio=4, norm_eps=1e-6, drop_path_rate=0.0):
     """ConvNeXt (V1: `layer_scale` "timm"/"torchvision") or ConvNeXt V2 (`grn=True`,
     `layer_scale=None`), NHWC input normalised like the source.
 
@@ -74,11 +69,9 @@ def convnext(depths, dims, conv_mlp=False, grn=False, layer_scale="timm", ls_ini
     if len(depths) != len(dims):
         raise ValueError(f"depths {depths} and dims {dims} must have the same length")
     total = sum(depths)
-    inputs = input_layer(input_shape)
     x = keras.layers.Conv2D(dims[0], 4, strides=4, padding="valid", use_bias=True,
                             name="stem_conv")(inputs)
     x = _norm(x, norm_eps, "stem_norm")
-    stages = {}
     index = 0
     for s, (depth, dim) in enumerate(zip(depths, dims), start=1):
         if s > 1:
@@ -92,16 +85,6 @@ def convnext(depths, dims, conv_mlp=False, grn=False, layer_scale="timm", ls_ini
                        layer_scale=layer_scale, ls_init=ls_init_value, norm_eps=norm_eps,
                        drop_path=dpr, name=f"stage{s}_block{b}")
             index += 1
-        x = keras.layers.Identity(name=f"stage{s}")(x)
-        stages[f"stage{s}"] = x
-    if include_top and not features_only:
-        # timm NormMlpClassifierHead / torchvision classifier: pool -> LayerNorm -> Linear.
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = _norm(x, norm_eps, "head_norm")
-        x = keras.layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
-        model = keras.Model(inputs, x, name=name)
-    else:
-        model = finish(inputs, x, include_top=False, pooling=pooling, classes=classes,
-                       classifier_activation=classifier_activation, feature_layers=stages,
-                       features_only=features_only, name=name)
-    return load_weights(model, weights)
+        x = stage_end(x, f"stage{s}", 2 ** (s + 1))
+    # timm NormMlpClassifierHead / torchvision classifier: pool -> LayerNorm -> Linear.
+    return x, pooled_top(pre_logits=lambda y: _norm(y, norm_eps, "head_norm"))

@@ -21,21 +21,15 @@ import keras
 
 from zoo.layers import TorchMaxPool2D
 from zoo.layers.shuffle import ChannelSplit
-from zoo.models.common import batchnorm, conv2d, finish, input_layer, load_weights
+from zoo.models.blocks import Settings, activation, application, conv_norm_act, residual_add, stage_end
 
 _ACTS = ("leaky_relu", "relu", "silu")
 
 
-def _act(x, ctx, name):
-    if ctx["act"] == "leaky_relu":
-        return keras.layers.LeakyReLU(negative_slope=0.01, name=name)(x)
-    return keras.layers.Activation(ctx["act"], name=name)(x)
-
-
-def _conv_bn_act(x, filters, kernel, ctx, name, stride=1, act=True):
-    x = batchnorm(conv2d(x, filters, kernel, stride=stride, name=name), eps=ctx["bn_eps"],
-                  name=f"{name}_bn")
-    return _act(x, ctx, f"{name}_act") if act else x
+def _conv_bn_act(x, filters, kernel, cfg, name, stride=1, act=True):
+    # timm ConvNormAct named after its conv: `<name>`, `<name>_bn`, `<name>_act`
+    return conv_norm_act(x, filters, kernel, stride, cfg=cfg,
+                         names=(name, f"{name}_bn", f"{name}_act" if act else None))
 
 
 def _split(x, name):
@@ -48,37 +42,36 @@ def _merge(xs, xb, name):
     return keras.layers.Concatenate(axis=-1, name=f"{name}_concat")([xs, xb])
 
 
-def _bottleneck(x, out_ch, bottle_ratio, ctx, name):
+def _bottleneck(x, out_ch, bottle_ratio, cfg, name):
     """timm cspnet `BottleneckBlock`: 1x1 -> 3x3 -> 1x1 (no act), add, act."""
     mid = int(round(out_ch * bottle_ratio))
-    y = _conv_bn_act(x, mid, 1, ctx, f"{name}_conv1")
-    y = _conv_bn_act(y, mid, 3, ctx, f"{name}_conv2")
-    y = _conv_bn_act(y, out_ch, 1, ctx, f"{name}_conv3", act=False)
-    y = keras.layers.Add(name=f"{name}_add")([y, x])
-    return _act(y, ctx, f"{name}_act")
+    y = _conv_bn_act(x, mid, 1, cfg, f"{name}_conv1")
+    y = _conv_bn_act(y, mid, 3, cfg, f"{name}_conv2")
+    y = _conv_bn_act(y, out_ch, 1, cfg, f"{name}_conv3", act=False)
+    return activation(residual_add(y, x, name), cfg.act, f"{name}_act")
 
 
-def _dark(x, out_ch, bottle_ratio, ctx, name):
+def _dark(x, out_ch, bottle_ratio, cfg, name):
     """timm `DarkBlock`: 1x1 -> 3x3, both activated, then add (no act after the add)."""
     mid = int(round(out_ch * bottle_ratio))
-    y = _conv_bn_act(x, mid, 1, ctx, f"{name}_conv1")
-    y = _conv_bn_act(y, out_ch, 3, ctx, f"{name}_conv2")
-    return keras.layers.Add(name=f"{name}_add")([y, x])
+    y = _conv_bn_act(x, mid, 1, cfg, f"{name}_conv1")
+    y = _conv_bn_act(y, out_ch, 3, cfg, f"{name}_conv2")
+    return residual_add(y, x, name)
 
 
 def _cross_stage(x, in_ch, out_ch, depth, stride, expand_ratio, bottle_ratio, block_ratio,
-                 cross_linear, down_growth, block_fn, ctx, name):
+                 cross_linear, down_growth, block_fn, cfg, name):
     exp_ch = int(round(out_ch * expand_ratio))
     block_out = int(round(out_ch * block_ratio))
     if stride != 1:
-        x = _conv_bn_act(x, out_ch if down_growth else in_ch, 3, ctx, f"{name}_conv_down",
+        x = _conv_bn_act(x, out_ch if down_growth else in_ch, 3, cfg, f"{name}_conv_down",
                          stride=stride)
-    x = _conv_bn_act(x, exp_ch, 1, ctx, f"{name}_conv_exp", act=not cross_linear)
+    x = _conv_bn_act(x, exp_ch, 1, cfg, f"{name}_conv_exp", act=not cross_linear)
     xs, xb = _split(x, name)
     for b in range(depth):
-        xb = block_fn(xb, block_out, bottle_ratio, ctx, f"{name}_block{b}")
-    xb = _conv_bn_act(xb, exp_ch // 2, 1, ctx, f"{name}_conv_transition_b")
-    return _conv_bn_act(_merge(xs, xb, name), out_ch, 1, ctx, f"{name}_conv_transition")
+        xb = block_fn(xb, block_out, bottle_ratio, cfg, f"{name}_block{b}")
+    xb = _conv_bn_act(xb, exp_ch // 2, 1, cfg, f"{name}_conv_transition_b")
+    return _conv_bn_act(_merge(xs, xb, name), out_ch, 1, cfg, f"{name}_conv_transition")
 
 
 def _per_stage(value, n, what):
@@ -88,11 +81,11 @@ def _per_stage(value, n, what):
     return values + values[-1:] * (n - len(values))   # timm's _pad_arg: repeat the last one
 
 
-def cspnet(depths, channels, stem_channels=(32,), stem_kernel=3, stem_stride=1, stem_pool=False,
-           strides=2, expand_ratio=1.0, bottle_ratio=1.0, block_ratio=1.0, cross_linear=False,
-           down_growth=False, block_type="bottle", act="leaky_relu", bn_eps=1e-5, *,
-           include_top=True, weights=None, input_shape=None, pooling=None, classes=1000,
-           classifier_activation=None, features_only=False, name="cspnet"):
+@application("cspnet")
+def cspnet(inputs, depths, channels, stem_channels=(32,), stem_kernel=3, stem_stride=1,
+           stem_pool=False, strides=2, expand_ratio=1.0, bottle_ratio=1.0, block_ratio=1.0,
+           cross_linear=False, down_growth=False, block_type="bottle", act="leaky_relu",
+           bn_eps=1e-5):
     """CSPNet with cross stages (timm `stage_type='csp'`), NHWC input normalised like the source.
 
     Per-stage arguments (strides, expand/bottle/block ratios) take one value or a list; a short
@@ -113,32 +106,28 @@ def cspnet(depths, channels, stem_channels=(32,), stem_kernel=3, stem_stride=1, 
         _per_stage(v, n, w) for v, w in ((strides, "strides"), (expand_ratio, "expand_ratio"),
                                          (bottle_ratio, "bottle_ratio"),
                                          (block_ratio, "block_ratio")))
-    ctx = dict(act=act, bn_eps=float(bn_eps))
+    cfg = Settings(act=act, bn_eps=float(bn_eps))
     block_fn = _bottleneck if block_type == "bottle" else _dark
 
-    inputs = input_layer(input_shape)
     x = inputs
     stem_channels = list(stem_channels)
     for i, ch in enumerate(stem_channels, start=1):
         last = i == len(stem_channels)
         stride = 2 if (i == 1 and stem_stride > 1) or (last and stem_stride > 2 and not stem_pool) \
             else 1
-        x = _conv_bn_act(x, ch, stem_kernel, ctx, f"stem_conv{i}", stride=stride)
+        x = _conv_bn_act(x, ch, stem_kernel, cfg, f"stem_conv{i}", stride=stride)
     if stem_pool:
         # the pooled map is a LeakyReLU output, so it has negative values: torch's -inf padding
         x = TorchMaxPool2D(3, 2, padding=1, name="stem_pool")(x)
 
     in_ch = stem_channels[-1]
-    stages = {}
+    reduction = stem_stride
     for s in range(1, n + 1):
         i = s - 1
         x = _cross_stage(x, in_ch, channels[i], depths[i], strides[i], expand_ratio[i],
                          bottle_ratio[i], block_ratio[i], cross_linear, down_growth, block_fn,
-                         ctx, f"stage{s}")
+                         cfg, f"stage{s}")
         in_ch = channels[i]
-        x = keras.layers.Identity(name=f"stage{s}")(x)
-        stages[f"stage{s}"] = x
-    model = finish(inputs, x, include_top=include_top, pooling=pooling, classes=classes,
-                   classifier_activation=classifier_activation, feature_layers=stages,
-                   features_only=features_only, name=name)
-    return load_weights(model, weights)
+        reduction *= strides[i]
+        x = stage_end(x, f"stage{s}", reduction)
+    return x

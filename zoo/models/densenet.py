@@ -11,12 +11,11 @@ from __future__ import annotations
 import keras
 
 from zoo.layers import TorchMaxPool2D
-from zoo.models.common import batchnorm, conv2d, finish, input_layer, load_weights
+from zoo.models.blocks import activation, application, conv2d, norm, stage_end
 
 
 def _bn_relu(x, name):
-    x = batchnorm(x, name=name)
-    return keras.layers.ReLU(name=f"{name}_relu")(x)
+    return activation(norm(x, name), "relu", f"{name}_relu")
 
 
 def _dense_concat(features, new, name):
@@ -36,35 +35,28 @@ def _transition(x, out_ch, name):
     return keras.layers.AveragePooling2D(2, strides=2, padding="valid", name=f"{name}_pool")(x)
 
 
-def densenet(block_config=(6, 12, 24, 16), growth_rate=32, num_init_features=64, bn_size=4, *,
-             include_top=True, weights=None, input_shape=None, pooling=None, classes=1000,
-             classifier_activation=None, features_only=False, name="densenet"):
+@application("densenet")
+def densenet(inputs, block_config=(6, 12, 24, 16), growth_rate=32, num_init_features=64,
+             bn_size=4):
     """DenseNet-BC, NHWC input normalised like the PyTorch source; returns logits by default.
 
     `features_only=True` returns `stage1` ... `stage3` (the outputs of dense blocks 1-3, strides
     4, 8, 16, before each transition) and `stage4` (norm5 + ReLU after the last block, stride
     32), the same taps as timm's feature_info minus its stride-2 stem.
     """
-    inputs = input_layer(input_shape)
     x = conv2d(inputs, num_init_features, 7, stride=2, padding=3, name="conv0")
     x = _bn_relu(x, "norm0")
     x = TorchMaxPool2D(3, 2, padding=1, name="pool0")(x)
     channels = num_init_features
-    stages = {}
     for b, num_layers in enumerate(block_config, start=1):
         for i in range(1, num_layers + 1):
             name_ = f"denseblock{b}_denselayer{i}"
             x = _dense_concat(x, _dense_layer(x, growth_rate, bn_size, name_), f"{name_}_concat")
         channels += num_layers * growth_rate
         if b < len(block_config):
-            stages[f"stage{b}"] = x = keras.layers.Identity(name=f"stage{b}")(x)
+            x = stage_end(x, f"stage{b}", 2 ** (b + 1))
             channels //= 2
             x = _transition(x, channels, f"transition{b}")
     # torchvision: F.relu(features(x)) with norm5 last in `features`; timm: norm5 is BN + ReLU
     x = _bn_relu(x, "norm5")
-    stages[f"stage{len(block_config)}"] = x = keras.layers.Identity(
-        name=f"stage{len(block_config)}")(x)
-    model = finish(inputs, x, include_top=include_top, pooling=pooling, classes=classes,
-                   classifier_activation=classifier_activation, feature_layers=stages,
-                   features_only=features_only, name=name)
-    return load_weights(model, weights)
+    return stage_end(x, f"stage{len(block_config)}", 2 ** (len(block_config) + 1))

@@ -15,11 +15,9 @@ from __future__ import annotations
 import keras
 
 from zoo.layers import TorchMaxPool2D
-from zoo.models.common import batchnorm, conv2d, finish, input_layer, load_weights
+from zoo.models.blocks import Settings, application, basic_conv2d, stage_end, transform_input_layer
 
 BN_EPS = 1e-3   # torchvision BasicConv2d: nn.BatchNorm2d(out, eps=0.001)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Stages 2-4: the kernel of the ceil-mode max-pool that opens the stage, then its inception
 # blocks as (name, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj).
@@ -36,58 +34,38 @@ _STAGES = (
 )
 
 
-def transform_input_layer(x, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="transform_input"):
-    """torchvision's `_transform_input`: x_c * (std_c / 0.5) + (mean_c - 0.5) / 0.5 per channel,
-    i.e. undo the ImageNet normalisation and apply the (x - 0.5) / 0.5 one the weights expect.
-    Shared with zoo.models.inception (torchvision Inception3 does the same)."""
-    return keras.layers.Rescaling(scale=[s / 0.5 for s in std],
-                                  offset=[(m - 0.5) / 0.5 for m in mean], name=name)(x)
-
-
-def _basic_conv(x, filters, kernel, stride=1, padding=0, bn_eps=BN_EPS, name=None):
-    # BasicConv2d: conv (no bias) -> BN -> ReLU
-    x = conv2d(x, filters, kernel, stride=stride, padding=padding, name=f"{name}_conv")
-    x = batchnorm(x, eps=bn_eps, name=f"{name}_bn")
-    return keras.layers.ReLU(name=f"{name}_act")(x)
-
-
-def _inception(x, ch1, ch3red, ch3, ch5red, ch5, pool_proj, bn_eps, name):
-    b1 = _basic_conv(x, ch1, 1, bn_eps=bn_eps, name=f"{name}_branch1")
-    b2 = _basic_conv(x, ch3red, 1, bn_eps=bn_eps, name=f"{name}_branch2_0")
-    b2 = _basic_conv(b2, ch3, 3, padding=1, bn_eps=bn_eps, name=f"{name}_branch2_1")
+def _inception(x, ch1, ch3red, ch3, ch5red, ch5, pool_proj, cfg, name):
+    b1 = basic_conv2d(x, ch1, 1, cfg=cfg, name=f"{name}_branch1")
+    b2 = basic_conv2d(x, ch3red, 1, cfg=cfg, name=f"{name}_branch2_0")
+    b2 = basic_conv2d(b2, ch3, 3, padding=1, cfg=cfg, name=f"{name}_branch2_1")
     # the "5x5" branch uses a 3x3 kernel in torchvision (see the module docstring)
-    b3 = _basic_conv(x, ch5red, 1, bn_eps=bn_eps, name=f"{name}_branch3_0")
-    b3 = _basic_conv(b3, ch5, 3, padding=1, bn_eps=bn_eps, name=f"{name}_branch3_1")
+    b3 = basic_conv2d(x, ch5red, 1, cfg=cfg, name=f"{name}_branch3_0")
+    b3 = basic_conv2d(b3, ch5, 3, padding=1, cfg=cfg, name=f"{name}_branch3_1")
     b4 = TorchMaxPool2D(3, 1, padding=1, ceil_mode=True, name=f"{name}_branch4_0")(x)
-    b4 = _basic_conv(b4, pool_proj, 1, bn_eps=bn_eps, name=f"{name}_branch4_1")
+    b4 = basic_conv2d(b4, pool_proj, 1, cfg=cfg, name=f"{name}_branch4_1")
     # torch.cat(..., dim=1) in branch order == channels-last concat in the same order
     return keras.layers.Concatenate(axis=-1, name=f"{name}_concat")([b1, b2, b3, b4])
 
 
-def googlenet(transform_input=False, bn_eps=BN_EPS, *, include_top=True,
-              weights=None, input_shape=None, pooling=None, classes=1000,
-              classifier_activation=None, features_only=False, name="googlenet"):
+@application("googlenet")
+def googlenet(inputs, transform_input=False, bn_eps=BN_EPS):
     """GoogLeNet, NHWC input normalised like the PyTorch source; returns logits by default.
 
     `transform_input` must equal the torch model's flag (True for torchvision's pretrained
     weights). `bn_eps` is torchvision's 1e-3. `features_only=True` returns `stage1` (stride 4) ...
     `stage4` (stride 32).
     """
-    inputs = input_layer(input_shape)
+    cfg = Settings(bn_eps=bn_eps)
     x = transform_input_layer(inputs) if transform_input else inputs
-    x = _basic_conv(x, 64, 7, stride=2, padding=3, bn_eps=bn_eps, name="conv1")
+    x = basic_conv2d(x, 64, 7, stride=2, padding=3, cfg=cfg, name="conv1")
     x = TorchMaxPool2D(3, 2, ceil_mode=True, name="maxpool1")(x)
-    x = _basic_conv(x, 64, 1, bn_eps=bn_eps, name="conv2")
-    x = _basic_conv(x, 192, 3, padding=1, bn_eps=bn_eps, name="conv3")
-    stages = {}
-    x = stages["stage1"] = keras.layers.Identity(name="stage1")(x)
+    x = basic_conv2d(x, 64, 1, cfg=cfg, name="conv2")
+    x = basic_conv2d(x, 192, 3, padding=1, cfg=cfg, name="conv3")
+    x = stage_end(x, "stage1", 4)
     for s, (pool_kernel, blocks) in enumerate(_STAGES, start=2):
         x = TorchMaxPool2D(pool_kernel, 2, ceil_mode=True, name=f"maxpool{s}")(x)
         for block_name, *channels in blocks:
-            x = _inception(x, *channels, bn_eps=bn_eps, name=block_name)
-        x = stages[f"stage{s}"] = keras.layers.Identity(name=f"stage{s}")(x)
+            x = _inception(x, *channels, cfg=cfg, name=block_name)
+        x = stage_end(x, f"stage{s}", 2 ** (s + 1))
     # torch: avgpool -> flatten -> dropout(0.2, identity in eval) -> fc
-    model = finish(inputs, x, include_top=include_top, pooling=pooling, classes=classes,
-                   classifier_activation=classifier_activation, feature_layers=stages,
-                   features_only=features_only, name=name)
-    return load_weights(model, weights)
+    return x

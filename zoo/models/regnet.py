@@ -16,42 +16,39 @@ from __future__ import annotations
 
 import keras
 
-from zoo.models.common import batchnorm, conv2d, finish, input_layer, load_weights
+from zoo.models.blocks import (
+    Settings,
+    application,
+    cna_names,
+    conv_norm_act,
+    residual_add,
+    squeeze_excite,
+    stage_end,
+)
 
 
-def _squeeze_excite(x, channels, rd, name):
-    # timm SEModule / torchvision SqueezeExcitation: mean -> 1x1 conv -> ReLU -> 1x1 conv -> sigmoid
-    s = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool")(x)
-    s = keras.layers.Conv2D(rd, 1, use_bias=True, name=f"{name}_fc1")(s)
-    s = keras.layers.ReLU(name=f"{name}_act")(s)
-    s = keras.layers.Conv2D(channels, 1, use_bias=True, activation="sigmoid", name=f"{name}_fc2")(s)
-    return keras.layers.Multiply(name=f"{name}_gate")([x, s])
-
-
-def _block(x, in_ch, out_ch, stride, group_width, se_ratio, bn_eps, name):
+def _block(x, in_ch, out_ch, stride, group_width, se_ratio, cfg, name):
     if out_ch % group_width:
         raise ValueError(f"{name}: width {out_ch} is not a multiple of group width {group_width}")
     shortcut = x
     if in_ch != out_ch or stride != 1:
-        shortcut = conv2d(x, out_ch, 1, stride=stride, name=f"{name}_down_conv")
-        shortcut = batchnorm(shortcut, eps=bn_eps, name=f"{name}_down_bn")
-    y = conv2d(x, out_ch, 1, name=f"{name}_conv1")
-    y = keras.layers.ReLU(name=f"{name}_act1")(batchnorm(y, eps=bn_eps, name=f"{name}_bn1"))
-    y = conv2d(y, out_ch, 3, stride=stride, groups=out_ch // group_width, name=f"{name}_conv2")
-    y = keras.layers.ReLU(name=f"{name}_act2")(batchnorm(y, eps=bn_eps, name=f"{name}_bn2"))
+        shortcut = conv_norm_act(x, out_ch, 1, stride, cfg=cfg,
+                                 names=cna_names(f"{name}_down", act=False))
+    y = conv_norm_act(x, out_ch, 1, cfg=cfg, names=cna_names(name, "1"))
+    y = conv_norm_act(y, out_ch, 3, stride, cfg=cfg, groups=out_ch // group_width,
+                      names=cna_names(name, "2"))
     if se_ratio:
         # Both sources size the SE bottleneck from the *block input* width, not the bottleneck
         # width it gates: int(round(in_ch * se_ratio)) (timm Bottleneck, torchvision
         # BottleneckTransform). They differ in the first block of every stage.
-        y = _squeeze_excite(y, out_ch, int(round(in_ch * se_ratio)), f"{name}_se")
-    y = batchnorm(conv2d(y, out_ch, 1, name=f"{name}_conv3"), eps=bn_eps, name=f"{name}_bn3")
-    y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
-    return keras.layers.ReLU(name=f"{name}_out")(y)
+        y = squeeze_excite(y, int(round(in_ch * se_ratio)), prefix=name)
+    y = conv_norm_act(y, out_ch, 1, cfg=cfg, names=cna_names(name, "3", act=False))
+    return keras.layers.ReLU(name=f"{name}_out")(residual_add(y, shortcut, name))
 
 
-def regnet(widths, depths, group_width, se_ratio=0.0, stem_width=32, bn_eps=1e-5,
-           first_block_index=0, *, include_top=True, weights=None, input_shape=None, pooling=None,
-           classes=1000, classifier_activation=None, features_only=False, name="regnet"):
+@application("regnet")
+def regnet(inputs, widths, depths, group_width, se_ratio=0.0, stem_width=32, bn_eps=1e-5,
+           first_block_index=0):
     """RegNet X (`se_ratio=0`) or Y (`se_ratio=0.25`), NHWC input normalised like the source.
 
     widths/depths: per-stage output widths and block counts; group_width: channels per group of
@@ -59,19 +56,13 @@ def regnet(widths, depths, group_width, se_ratio=0.0, stem_width=32, bn_eps=1e-5
     """
     if len(widths) != len(depths):
         raise ValueError(f"widths {widths} and depths {depths} must have the same length")
-    inputs = input_layer(input_shape)
-    x = conv2d(inputs, stem_width, 3, stride=2, name="stem_conv")
-    x = keras.layers.ReLU(name="stem_act")(batchnorm(x, eps=bn_eps, name="stem_bn"))
+    cfg = Settings(bn_eps=bn_eps)
+    x = conv_norm_act(inputs, stem_width, 3, 2, cfg=cfg, names=cna_names("stem"))
     in_ch = stem_width
-    stages = {}
     for s, (width, depth) in enumerate(zip(widths, depths), start=1):
         for b in range(depth):
-            x = _block(x, in_ch, width, 2 if b == 0 else 1, group_width, se_ratio, bn_eps,
+            x = _block(x, in_ch, width, 2 if b == 0 else 1, group_width, se_ratio, cfg,
                        f"stage{s}_block{b + first_block_index}")
             in_ch = width
-        x = keras.layers.Identity(name=f"stage{s}")(x)
-        stages[f"stage{s}"] = x
-    model = finish(inputs, x, include_top=include_top, pooling=pooling, classes=classes,
-                   classifier_activation=classifier_activation, feature_layers=stages,
-                   features_only=features_only, name=name)
-    return load_weights(model, weights)
+        x = stage_end(x, f"stage{s}", 2 ** (s + 1))
+    return x

@@ -21,48 +21,46 @@ from __future__ import annotations
 import keras
 
 from zoo.layers import TorchMaxPool2D
-from zoo.layers.std_conv import StdConv2D
-from zoo.models.common import batchnorm, finish, input_layer, load_weights, make_divisible
+from zoo.models.blocks import (
+    Settings,
+    activation,
+    application,
+    conv2d,
+    make_divisible,
+    norm,
+    residual_add,
+    stage_end,
+)
 
 STAGE_CHANNELS = (256, 512, 1024, 2048)
 
 
-def _conv(x, filters, kernel, stride, ctx, name):
-    """`nn.Conv2d` / `StdConv2d` with timm's symmetric padding ((stride - 1 + (k - 1)) // 2)."""
-    pad = ((stride - 1) + (kernel - 1)) // 2
-    mode = "same" if stride == 1 and kernel % 2 == 1 else "valid"
-    if mode == "valid" and pad:
-        x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
-    if ctx["weight_std"]:
-        return StdConv2D(filters, kernel, strides=stride, padding=mode, use_bias=False,
-                         eps=ctx["std_eps"], name=name)(x)
-    return keras.layers.Conv2D(filters, kernel, strides=stride, padding=mode, use_bias=False,
-                               name=name)(x)
+def _norm_act(x, cfg, name):
+    # timm's fused GroupNormAct / BatchNormAct2d: the ReLU is a separate Keras layer
+    return activation(norm(x, name, cfg), "relu", f"{name}_act")
 
 
-def _norm_act(x, ctx, name):
-    if ctx["norm"] == "group":
-        x = keras.layers.GroupNormalization(groups=ctx["gn_groups"], axis=-1,
-                                            epsilon=ctx["norm_eps"], name=name)(x)
-    else:
-        x = batchnorm(x, eps=ctx["norm_eps"], name=name)
-    return keras.layers.ReLU(name=f"{name}_act")(x)
-
-
-def _preact_bottleneck(x, out_ch, stride, project, ctx, name):
+def _preact_bottleneck(x, out_ch, stride, project, cfg, name):
     mid = make_divisible(out_ch * 0.25)
-    preact = _norm_act(x, ctx, f"{name}_norm1")
-    shortcut = _conv(preact, out_ch, 1, stride, ctx, f"{name}_down_conv") if project else x
-    y = _conv(preact, mid, 1, 1, ctx, f"{name}_conv1")
-    y = _conv(_norm_act(y, ctx, f"{name}_norm2"), mid, 3, stride, ctx, f"{name}_conv2")
-    y = _conv(_norm_act(y, ctx, f"{name}_norm3"), out_ch, 1, 1, ctx, f"{name}_conv3")
-    return keras.layers.Add(name=f"{name}_add")([y, shortcut])
+    preact = _norm_act(x, cfg, f"{name}_norm1")
+    shortcut = conv2d(preact, out_ch, 1, stride, cfg=cfg, name=f"{name}_down_conv") if project else x
+    y = conv2d(preact, mid, 1, cfg=cfg, name=f"{name}_conv1")
+    y = conv2d(_norm_act(y, cfg, f"{name}_norm2"), mid, 3, stride, cfg=cfg, name=f"{name}_conv2")
+    y = conv2d(_norm_act(y, cfg, f"{name}_norm3"), out_ch, 1, cfg=cfg, name=f"{name}_conv3")
+    return residual_add(y, shortcut, name)
 
 
-def resnetv2(depths, width_factor=1, stem_type="fixed", weight_std=True, std_eps=1e-8,
-             norm="group", norm_eps=1e-5, gn_groups=32, *, include_top=True, weights=None,
-             input_shape=None, pooling=None, classes=1000, classifier_activation=None,
-             features_only=False, name="resnetv2"):
+def _top(x, classes, classifier_activation):
+    # timm ClassifierHead(use_conv=True): the classifier is a 1x1 conv on the pooled map
+    x = keras.layers.GlobalAveragePooling2D(keepdims=True, name="avg_pool")(x)
+    x = keras.layers.Conv2D(classes, 1, use_bias=True, activation=classifier_activation,
+                            name="predictions")(x)
+    return keras.layers.Flatten(name="predictions_flatten")(x)
+
+
+@application("resnetv2")
+def resnetv2(inputs, depths, width_factor=1, stem_type="fixed", weight_std=True, std_eps=1e-8,
+             norm="group", norm_eps=1e-5, gn_groups=32):
     """Pre-activation ResNet v2 (bottleneck blocks, stride on the 3x3 conv), NHWC input
     normalised like the PyTorch source.
 
@@ -72,12 +70,9 @@ def resnetv2(depths, width_factor=1, stem_type="fixed", weight_std=True, std_eps
     """
     if stem_type not in ("fixed", ""):
         raise ValueError(f"stem_type must be 'fixed' or '', got {stem_type!r}")
-    if norm not in ("group", "batch"):
-        raise ValueError(f"norm must be 'group' or 'batch', got {norm!r}")
-    ctx = dict(weight_std=bool(weight_std), std_eps=float(std_eps), norm=norm,
-               norm_eps=float(norm_eps), gn_groups=int(gn_groups))
-    inputs = input_layer(input_shape)
-    x = _conv(inputs, make_divisible(64 * width_factor), 7, 2, ctx, "stem_conv")
+    cfg = Settings(bn_eps=float(norm_eps), norm=norm, gn_groups=int(gn_groups),
+                   weight_std_eps=float(std_eps) if weight_std else None)
+    x = conv2d(inputs, make_divisible(64 * width_factor), 7, 2, cfg=cfg, name="stem_conv")
     if stem_type == "fixed":
         # timm's 'fixed' SAME approximation: a zero pad, even though the conv output is signed
         x = keras.layers.ZeroPadding2D(1, name="stem_pad")(x)
@@ -85,24 +80,11 @@ def resnetv2(depths, width_factor=1, stem_type="fixed", weight_std=True, std_eps
     else:
         x = TorchMaxPool2D(3, 2, padding=1, name="stem_pool")(x)
 
-    stages = {}
     for s, depth in enumerate(depths, start=1):
         out_ch = make_divisible(STAGE_CHANNELS[s - 1] * width_factor)
         for b in range(depth):
             stride = 2 if (b == 0 and s > 1) else 1
             # timm gives every stage's first block a projection, even at stride 1 (stage 1)
-            x = _preact_bottleneck(x, out_ch, stride, b == 0, ctx, f"stage{s}_block{b}")
-        x = keras.layers.Identity(name=f"stage{s}")(x)
-        stages[f"stage{s}"] = x
-    x = _norm_act(x, ctx, "final_norm")
-    if include_top and not features_only:
-        x = keras.layers.GlobalAveragePooling2D(keepdims=True, name="avg_pool")(x)
-        x = keras.layers.Conv2D(classes, 1, use_bias=True, activation=classifier_activation,
-                                name="predictions")(x)
-        x = keras.layers.Flatten(name="predictions_flatten")(x)
-        model = keras.Model(inputs, x, name=name)
-    else:
-        model = finish(inputs, x, include_top=False, pooling=pooling, classes=classes,
-                       classifier_activation=classifier_activation, feature_layers=stages,
-                       features_only=features_only, name=name)
-    return load_weights(model, weights)
+            x = _preact_bottleneck(x, out_ch, stride, b == 0, cfg, f"stage{s}_block{b}")
+        x = stage_end(x, f"stage{s}", 2 ** (s + 1))
+    return _norm_act(x, cfg, "final_norm"), _top

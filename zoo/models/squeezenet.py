@@ -8,7 +8,7 @@ from __future__ import annotations
 import keras
 
 from zoo.layers import TorchMaxPool2D
-from zoo.models.common import conv2d, finish, input_layer, load_weights
+from zoo.models.blocks import application, conv2d, stage_end
 
 # version -> (stem filters, stem kernel, layout of `features` after the stem conv + ReLU:
 # "M" a max-pool, (squeeze, expand) a Fire module with expand1x1 = expand3x3 = expand filters)
@@ -31,9 +31,21 @@ def fire(x, squeeze, expand, name):
     return keras.layers.Concatenate(axis=-1, name=f"{name}_concat")([e1, e3])
 
 
-def squeezenet(version="1_0", dropout=0.5, ceil_mode=True, *, include_top=True, weights=None,
-               input_shape=None, pooling=None, classes=1000, classifier_activation=None,
-               features_only=False, name="squeezenet"):
+def _top(dropout):
+    # classifier = [Dropout, Conv2d(512, classes, 1), ReLU, AdaptiveAvgPool2d(1)], flattened
+    def top(x, classes, classifier_activation):
+        x = keras.layers.Dropout(dropout, name="drop")(x)
+        x = keras.layers.Conv2D(classes, 1, name="predictions")(x)
+        x = keras.layers.ReLU(name="predictions_act")(x)
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        if classifier_activation is not None:
+            x = keras.layers.Activation(classifier_activation, name="predictions_out")(x)
+        return x
+    return top
+
+
+@application("squeezenet")
+def squeezenet(inputs, version="1_0", dropout=0.5, ceil_mode=True):
     """SqueezeNet `version` "1_0" or "1_1".
 
     A stage is a max-pool and the Fire modules after it (`stage1` is the stem conv, strides 2, 4,
@@ -43,12 +55,11 @@ def squeezenet(version="1_0", dropout=0.5, ceil_mode=True, *, include_top=True, 
     if version not in CONFIGS:
         raise ValueError(f"version must be one of {sorted(CONFIGS)}, got {version!r}")
     stem_filters, stem_kernel, layout = CONFIGS[version]
-    inputs = input_layer(input_shape)
     x = conv2d(inputs, stem_filters, stem_kernel, stride=2, padding=0, use_bias=True,
                name="stem_conv")
     x = keras.layers.ReLU(name="stem_act")(x)
-    x = keras.layers.Identity(name="stage1")(x)
-    stages = {"stage1": x}
+    x = stage_end(x, "stage1", 2)
+    s = 1
     for i, item in enumerate(layout):
         index = i + 2   # features.0 and features.1 are the stem conv and its ReLU
         if item == "M":
@@ -56,19 +67,6 @@ def squeezenet(version="1_0", dropout=0.5, ceil_mode=True, *, include_top=True, 
         else:
             x = fire(x, *item, name=f"fire{index}")
         if i + 1 == len(layout) or layout[i + 1] == "M":   # last module before a pool
-            s = len(stages) + 1
-            x = keras.layers.Identity(name=f"stage{s}")(x)
-            stages[f"stage{s}"] = x
-    if include_top and not features_only:
-        # classifier = [Dropout, Conv2d(512, classes, 1), ReLU, AdaptiveAvgPool2d(1)], flattened
-        x = keras.layers.Dropout(dropout, name="drop")(x)
-        x = keras.layers.Conv2D(classes, 1, name="predictions")(x)
-        x = keras.layers.ReLU(name="predictions_act")(x)
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        if classifier_activation is not None:
-            x = keras.layers.Activation(classifier_activation, name="predictions_out")(x)
-        pooling = None
-    model = finish(inputs, x, include_top=False, pooling=pooling, classes=classes,
-                   classifier_activation=classifier_activation, feature_layers=stages,
-                   features_only=features_only, name=name)
-    return load_weights(model, weights)
+            s += 1
+            x = stage_end(x, f"stage{s}", 2 ** s)
+    return x, _top(dropout)

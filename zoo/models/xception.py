@@ -22,70 +22,50 @@ from __future__ import annotations
 
 import keras
 
-from zoo.models.common import TORCH_BN_MOMENTUM, finish, input_layer, load_weights
+from zoo.models.blocks import (
+    TF_SAME,
+    Settings,
+    application,
+    cna_names,
+    conv2d,
+    conv_norm_act,
+    depthwise_separable,
+    norm,
+    residual_add,
+    stage_end,
+)
 
 
-def _pad_mode(x, kernel, stride, ctx, name):
-    """Symmetric torch padding (explicit for strided convs), or TF "same" if asked for."""
-    if ctx["padding"] == "same" or (stride == 1 and kernel % 2 == 1):
-        return x, "same"
-    pad = ((stride - 1) + (kernel - 1)) // 2
-    if pad:
-        x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
-    return x, "valid"
-
-
-def _conv(x, filters, kernel, stride, ctx, name):
-    x, mode = _pad_mode(x, kernel, stride, ctx, name)
-    return keras.layers.Conv2D(filters, kernel, strides=stride, padding=mode, use_bias=False,
-                               name=name)(x)
-
-
-def _bn(x, ctx, name):
-    return keras.layers.BatchNormalization(epsilon=ctx["bn_eps"], momentum=TORCH_BN_MOMENTUM,
-                                           name=name)(x)
-
-
-def _separable(x, filters, stride, act, ctx, name):
+def _separable(x, filters, stride, act, cfg, name):
     """timm `SeparableConv2d`: dw 3x3 -> BN (-> ReLU) -> pw 1x1 -> BN (-> ReLU)."""
-    y, mode = _pad_mode(x, 3, stride, ctx, f"{name}_dw")
-    y = keras.layers.DepthwiseConv2D(3, strides=stride, padding=mode, use_bias=False,
-                                     name=f"{name}_dw")(y)
-    y = _bn(y, ctx, f"{name}_bn_dw")
-    if act:
-        y = keras.layers.ReLU(name=f"{name}_act_dw")(y)
-    y = keras.layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pw")(y)
-    y = _bn(y, ctx, f"{name}_bn_pw")
-    if act:
-        y = keras.layers.ReLU(name=f"{name}_act_pw")(y)
-    return y
+    names = ("dw", "bn_dw", "act_dw" if act else None, "pw", "bn_pw", "act_pw" if act else None)
+    return depthwise_separable(x, filters, 3, stride, prefix=name, cfg=cfg, names=names)
 
 
-def _module(x, in_ch, out_chs, stride, ctx, name, start_with_relu=True, no_skip=False,
+def _module(x, in_ch, out_chs, stride, cfg, name, start_with_relu=True, no_skip=False,
             tap=None):
-    """timm `XceptionModule`; returns (output, tapped tensor or None). `tap`: name of the
-    Identity that marks the input of the last (strided) separable conv as a stage output."""
-    y, tapped = x, None
+    """timm `XceptionModule`. `tap`: (name, reduction) of the stage marker on the input of the
+    last (strided) separable conv, where timm's feature_info taps."""
+    y = x
     for j, ch in enumerate(out_chs, start=1):
         if start_with_relu:
             y = keras.layers.ReLU(name=f"{name}_act{j}")(y)
         if j == 3 and tap:
-            y = tapped = keras.layers.Identity(name=tap)(y)
-        y = _separable(y, ch, stride if j == 3 else 1, not start_with_relu, ctx, f"{name}_conv{j}")
+            y = stage_end(y, *tap)
+        y = _separable(y, ch, stride if j == 3 else 1, not start_with_relu, cfg, f"{name}_conv{j}")
     if no_skip:
-        return y, tapped
+        return y
     if out_chs[-1] != in_ch or stride != 1:
         # the raw module input: torch's first ReLU is not in-place
-        x = _bn(_conv(x, out_chs[-1], 1, stride, ctx, f"{name}_shortcut_conv"), ctx,
-                f"{name}_shortcut_bn")
-    return keras.layers.Add(name=f"{name}_add")([y, x]), tapped
+        x = norm(conv2d(x, out_chs[-1], 1, stride, cfg=cfg, name=f"{name}_shortcut_conv"),
+                 f"{name}_shortcut_bn", cfg)
+    return residual_add(y, x, name)
 
 
-def xception(entry_flow=((128, 2), (256, 2), (728, 2)), middle_blocks=8, middle_channels=728,
-             exit_channels=((728, 1024, 1024), (1536, 1536, 2048)), bn_eps=1e-3,
-             padding="symmetric", *, include_top=True, weights=None, input_shape=None,
-             pooling=None, classes=1000, classifier_activation=None, features_only=False,
-             name="xception"):
+@application("xception")
+def xception(inputs, entry_flow=((128, 2), (256, 2), (728, 2)), middle_blocks=8,
+             middle_channels=728, exit_channels=((728, 1024, 1024), (1536, 1536, 2048)),
+             bn_eps=1e-3, padding="symmetric"):
     """Aligned Xception, NHWC input normalised like the PyTorch source.
 
     entry_flow: (channels, stride) per entry module; middle_blocks identical modules of
@@ -95,28 +75,23 @@ def xception(entry_flow=((128, 2), (256, 2), (728, 2)), middle_blocks=8, middle_
     """
     if padding not in ("symmetric", "same"):
         raise ValueError(f"padding must be 'symmetric' or 'same', got {padding!r}")
-    ctx = dict(bn_eps=float(bn_eps), padding=padding)
-    inputs = input_layer(input_shape)
+    cfg = Settings(bn_eps=float(bn_eps), padding=TF_SAME if padding == "same" else None)
     x = inputs
     for i, (ch, stride) in enumerate(((32, 2), (64, 1))):
-        x = _bn(_conv(x, ch, 3, stride, ctx, f"stem{i}_conv"), ctx, f"stem{i}_bn")
-        x = keras.layers.ReLU(name=f"stem{i}_act")(x)
+        x = conv_norm_act(x, ch, 3, stride, cfg=cfg, names=cna_names(f"stem{i}"))
 
-    cfg = [((ch,) * 3, s) for ch, s in entry_flow]
-    cfg += [((middle_channels,) * 3, 1)] * middle_blocks
-    cfg += [(tuple(exit_channels[0]), 2)]
-    stages, in_ch = {}, 64
-    for b, (out_chs, stride) in enumerate(cfg):
-        tap = f"stage{len(stages) + 1}" if stride > 1 else None
-        x, tapped = _module(x, in_ch, out_chs, stride, ctx, f"block{b}", tap=tap)
-        if tap:
-            stages[tap] = tapped
+    modules = [((ch,) * 3, s) for ch, s in entry_flow]
+    modules += [((middle_channels,) * 3, 1)] * middle_blocks
+    modules += [(tuple(exit_channels[0]), 2)]
+    in_ch, reduction, n_stages = 64, 2, 0
+    for b, (out_chs, stride) in enumerate(modules):
+        tap = None
+        if stride > 1:   # the tap sees the module input, before its strided conv
+            n_stages += 1
+            tap = (f"stage{n_stages}", reduction)
+            reduction *= stride
+        x = _module(x, in_ch, out_chs, stride, cfg, f"block{b}", tap=tap)
         in_ch = out_chs[-1]
-    x, _ = _module(x, in_ch, tuple(exit_channels[1]), 1, ctx, f"block{len(cfg)}",
+    x = _module(x, in_ch, tuple(exit_channels[1]), 1, cfg, f"block{len(modules)}",
                    start_with_relu=False, no_skip=True)
-    last = f"stage{len(stages) + 1}"
-    x = stages[last] = keras.layers.Identity(name=last)(x)
-    model = finish(inputs, x, include_top=include_top, pooling=pooling, classes=classes,
-                   classifier_activation=classifier_activation, feature_layers=stages,
-                   features_only=features_only, name=name)
-    return load_weights(model, weights)
+    return stage_end(x, f"stage{n_stages + 1}", reduction)
