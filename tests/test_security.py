@@ -213,3 +213,45 @@ def test_out_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(zoo.ZooError, match="exists and is not a directory"):
         zoo.convert("torchvision/resnet18", out_dir=tmp_path / "f", input_size=SMALL)
+
+
+# ------------------------------------------------------------------ 7 / 10. writers, regexes, typos
+
+def test_concurrent_writers_of_one_model_never_fail_or_leave_debris(tmp_path):
+    """Two writers replacing the same model folder used to fail with 'Directory not empty'."""
+    import threading
+
+    from zoo.export import atomic_dir
+    final, errors = tmp_path / "timm" / "m", []
+
+    def writer(k):
+        try:
+            for i in range(30):
+                with atomic_dir(final) as tmp:
+                    (tmp / "report.json").write_text(f"{k}-{i}")
+        except Exception as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert (final / "report.json").read_text().endswith("-29")
+    assert sorted(p.name for p in final.parent.iterdir()) == ["m"]
+
+
+def test_backtracking_regex_in_a_recipe_is_refused(tmp_path):
+    """An `ignore: ['(a+)+$']` kept a worker at 100 % CPU until it was killed."""
+    path = tmp_path / "r.yaml"
+    path.write_text(USER_RECIPE.replace("ignore: ['.*\\.num_batches_tracked']",
+                                        "ignore: ['.*\\.num_batches_tracked', '(a+)+$']"))
+    with pytest.raises(zoo.RecipeError, match="ignore #1: .* refused: a repetition inside a "
+                                              "repetition"):
+        load_recipe(path)
+
+
+def test_only_typo_gets_a_suggestion():
+    from zoo.batch import BatchError, select
+    with pytest.raises(BatchError, match="did you mean .*timm/resnet18"):
+        select(only=["timm/resnet81"])

@@ -19,6 +19,7 @@ import yaml
 
 from zoo.errors import RecipeError
 from zoo.names import VARIANT_NAME
+from zoo.safe_regex import backtracking_problem
 from zoo.templates import TemplateError, check_template, parse_template
 from zoo.transforms import TRANSFORMS
 
@@ -166,9 +167,13 @@ def _regex(path, where, pattern):
     if not isinstance(pattern, str):
         _fail(path, where, f"expected a regular expression string, got {pattern!r}")
     try:
-        return re.compile(pattern)
-    except re.error as e:
+        compiled = re.compile(pattern)
+    except (re.error, RecursionError, OverflowError) as e:
         _fail(path, where, f"bad regular expression {pattern!r}: {e}")
+    problem = backtracking_problem(pattern)
+    if problem:
+        _fail(path, where, f"regular expression {pattern[:80]!r} refused: {problem}")
+    return compiled
 
 
 def _rule(path, i, data) -> Rule:
