@@ -1,43 +1,30 @@
-"""AlexNet (recipes/alexnet.yaml, zoo/models/alexnet.py:alexnet): parity at 64x64 (features 1x1,
-replicated to 6x6 by the adaptive pool), an odd non-square size where the adaptive pool's bins
-overlap, the flatten-order and stem-padding pitfalls, and multi-scale features."""
-import numpy as np
+"""AlexNet (recipes/alexnet.yaml, zoo/models/alexnet.py:alexnet): an input size where the
+adaptive pool's bins overlap, the flatten-order and stem-padding pitfalls.
+Parity at small and odd non-square sizes, include_top=False and features_only are tested for
+every catalogue configuration in tests/test_catalogue.py."""
 import pytest
 import torch
 
 import zoo
 from helpers import (
     SMALL,
-    assert_features_match,
-    assert_small_parity,
+    assert_same_logits,
     plain_linear,
     random_input,
     recipe_copy,
     rel,
-    torch_nhwc,
 )
 
 TOL = 1e-4
 NAME = "torchvision/alexnet"
 
 
-def test_parity_small(converted_small):
-    assert_small_parity(converted_small(NAME)[1], 3, TOL)
-
-
 def test_odd_non_square_size_through_the_adaptive_pool(converted_small, torch_model):
     """151 x 173 -> 3 x 4 features, whose 6 x 6 adaptive bins overlap; an odd size also tests
     the symmetric padding of the 11x11/4 stem."""
-    import keras
-
     model, _ = converted_small(NAME)
-    x = random_input(151, 173, seed=3)
-    probe = keras.Model(model.inputs, model.get_layer("stage3").output)
-    assert probe.predict_on_batch(x[:1]).shape == (1, 3, 4, 256)
-    ref = torch_nhwc(torch_model(NAME), x)
-    got = model.predict_on_batch(x)
-    assert rel(got, ref) < TOL
-    assert (np.asarray(got).argmax(1) == ref.argmax(1)).all()
+    assert_same_logits(model, torch_model(NAME), random_input(151, 173, seed=3), TOL,
+                       "stage3", (2, 3, 4, 256))
 
 
 def test_pitfall_linear_after_flatten(tmp_path, monkeypatch):
@@ -71,15 +58,3 @@ def test_pitfall_stem_needs_symmetric_padding(converted_small, torch_model):
     assert rel(wrong[:, 1:, 1:], ref) > 1e-2 and rel(wrong[:, :15, :15], ref) > 1e-2
     probe = keras.Model(model.inputs, model.get_layer("conv0").output)
     assert rel(probe.predict_on_batch(x), ref) < TOL
-
-
-def test_features_only_and_headless(converted_small):
-    from zoo.models.alexnet import alexnet
-
-    full, _ = converted_small(NAME)
-    feats = alexnet(features_only=True)
-    assert [o.shape[-1] for o in feats.outputs] == [64, 192, 256]
-    x = random_input(127, 127, n=1, seed=5)
-    outs = assert_features_match(feats, full, x, 3)
-    assert [o.shape[1] for o in outs] == [15, 7, 3]   # strides 8, 16, 32
-    assert alexnet(include_top=False, pooling="max").output.shape == (None, 256)

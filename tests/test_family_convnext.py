@@ -1,6 +1,8 @@
-"""ConvNeXt / ConvNeXt V2 family (recipes/convnext.yaml, zoo/models/convnext.py:convnext): parity
-of the smallest variant of each source, odd non-square inputs, the two layers with no Keras twin
-(GlobalResponseNorm, LayerScale) against torch, and one test per pitfall of the family."""
+"""ConvNeXt / ConvNeXt V2 family (recipes/convnext.yaml, zoo/models/convnext.py:convnext): the
+two layers with no Keras twin (GlobalResponseNorm, LayerScale) against torch, and one test per
+pitfall of the family.
+Parity at small and odd non-square sizes, include_top=False and features_only are tested for
+every catalogue configuration in tests/test_catalogue.py."""
 import zoo.conversion.torch_first  # noqa: F401  (torch, torchvision, timm before keras)
 
 # isort: split
@@ -14,15 +16,9 @@ import torch
 
 import zoo
 from helpers import (
-    SMALL,
-    assert_features_match,
-    assert_small_parity,
-    build,
+    assert_init_hides_swapped_blocks,
     mapped,
-    mapped_onto,
-    parity_at,
     random_input,
-    recipe_copy,
     rel,
     torch_nhwc,
 )
@@ -30,34 +26,6 @@ from zoo.layers.grn import GlobalResponseNorm
 from zoo.layers.layer_scale import LayerScale
 
 TOL = 1e-4
-SMALLEST = ["timm/convnext_atto", "timm/convnextv2_atto", "torchvision/convnext_tiny"]
-
-
-# ------------------------------------------------------------------ parity
-
-@pytest.mark.parametrize("name", SMALLEST)
-def test_parity_small(name, converted_small):
-    parity = assert_small_parity(converted_small(name)[1], 4, TOL)
-    print(f"{name} @ {SMALL}: max_rel {parity['max_rel']:.2e}")
-
-
-@pytest.mark.parametrize("name", ["timm/convnext_atto", "timm/convnextv2_atto"])
-def test_odd_non_square_size(name):
-    # 67 x 93 -> stem /4: 16 x 23 -> 8 x 11 -> 4 x 5 -> 2 x 2: the unpadded 4x4 and 2x2 strided
-    # convs drop the remainder (torch floors, Keras "valid" too), odd sizes at every downsample.
-    err = parity_at(name, 67, 93, input_size=SMALL)
-    assert err < TOL, err
-
-
-def test_torchvision_at_odd_non_square_size(converted_small, torch_model):
-    name = "torchvision/convnext_tiny"
-    model, _ = converted_small(name)
-    module = torch_model(name)
-    x = random_input(67, 93, seed=3)
-    ref = torch_nhwc(module, x)
-    got = model.predict_on_batch(x)
-    assert rel(got, ref) < TOL
-    assert (np.asarray(got).argmax(1) == ref.argmax(1)).all()
 
 
 # ------------------------------------------------------------------ layers
@@ -195,34 +163,14 @@ def test_pitfall_layernorm_eps():
     assert "17 problem(s)" in msg   # stem, 3 downsamples, 12 blocks, head
 
 
-def _swap_stage1_dw(data):
-    """A deliberately wrong recipe: the depthwise convs of stage 1's blocks 0 and 1 swapped
-    (same shapes, so only the numbers can tell)."""
-    swap = [{"torch": rf"stages\.0\.blocks\.{a}\.conv_dw", "keras": f"stage1_block{b}_conv_dw",
-             "transform": "depthwise"} for a, b in ((0, 1), (1, 0))]
-    data["mapping"] = swap + data["mapping"]     # first match wins
-
-
 def test_pitfall_layer_scale_init_hides_mapping_bugs(tmp_path, monkeypatch):
     """Layer scale starts at 1e-6: every residual branch is ~silent at init, so a wrong mapping
-    inside the blocks is invisible with default weights. The pipeline perturbs every parameter
-    (the scales too), and the same mistake then fails validation."""
-    import timm
-
-    from zoo.validate import compare
-
-    name = "test/convnext_atto_swapped_dw"
-    recipe_copy(tmp_path, monkeypatch, "convnext", "timm/convnext_atto", name, _swap_stage1_dw)
-    module = timm.create_model("convnext_atto").eval()
-    model = mapped_onto(name, module)   # builder "convnext", the swapped rules
-    x = random_input()
-    blind = compare(torch_nhwc(module, x), model.predict_on_batch(x))
-    assert blind["max_rel"] < 1e-5
-    with pytest.raises(zoo.ValidationError) as e:
-        zoo.convert(name, input_size=SMALL)
-    parity = e.value.report["parity"]["in_memory"]
-    assert parity["features"]["stage1"]["max_rel"] > 10 * TOL, parity
-    assert not parity["passed"]
+    inside the blocks (here stage 1's depthwise convs of blocks 0 and 1 swapped) is invisible
+    with default weights. The pipeline perturbs every parameter (the scales too), and the same
+    mistake then fails validation."""
+    assert_init_hides_swapped_blocks(
+        tmp_path, monkeypatch, "convnext", "convnext_atto",
+        (r"stages\.0\.blocks\.{}\.conv_dw", "stage1_block{}_conv_dw", "depthwise"), TOL)
 
 
 def test_pitfall_drop_path_is_identity_at_inference(converted_small, torch_model):
@@ -238,13 +186,3 @@ def test_pitfall_drop_path_is_identity_at_inference(converted_small, torch_model
     np.testing.assert_array_equal(first, model.predict_on_batch(x))
     assert rel(first, ref) < TOL
     assert rel(model(x, training=True), ref) > 1e-3
-
-
-def test_features_only_gives_one_output_per_stage(converted_small):
-    full, _ = converted_small("timm/convnext_atto")
-    feats = build("timm/convnext_atto", features_only=True)
-    assert [o.shape[-1] for o in feats.outputs] == [40, 80, 160, 320]
-    outs = assert_features_match(feats, full, random_input(n=1, seed=5), 4)
-    assert [o.shape[1] for o in outs] == [16, 8, 4, 2]   # strides 4 ... 32
-    pooled = build("timm/convnext_atto", include_top=False, pooling="avg")
-    assert pooled.output.shape == (None, 320)

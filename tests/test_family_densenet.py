@@ -1,12 +1,11 @@
-"""DenseNet family (recipes/densenet.yaml, zoo/models/densenet.py:densenet): parity of the
-DenseNet-121s of both sources at a small and an odd non-square size, one test per pitfall,
-multi-scale features."""
+"""DenseNet family (recipes/densenet.yaml, zoo/models/densenet.py:densenet): one mapping
+table for both sources, one test per pitfall.
+Parity at small and odd non-square sizes, include_top=False and features_only are tested for
+every catalogue configuration in tests/test_catalogue.py."""
 import pytest
 
 import zoo
 from helpers import (
-    assert_features_match,
-    assert_small_parity,
     mapped_onto,
     random_input,
     validation_parity,
@@ -14,22 +13,6 @@ from helpers import (
 from zoo.catalog import get_variant
 
 TOL = 1e-4
-
-
-@pytest.mark.parametrize("name, last", [("timm/densenet121", "stage4"),
-                                        ("torchvision/densenet121", "norm5")])
-def test_parity_small(name, last, converted_small):
-    # timm's norm5 includes the ReLU (compared with stage4), torchvision's does not (norm5 BN)
-    assert_small_parity(converted_small(name)[1], ["stage1", "stage2", "stage3", last], TOL)
-
-
-def test_parity_at_odd_non_square_size(converted_small, torch_model):
-    # 75 x 93 -> 38 x 47 -> 19 x 24 -> transitions (floor) 9 x 12 -> 4 x 6 -> 2 x 3
-    name = "timm/densenet121"
-    model, _ = converted_small(name)
-    parity = validation_parity(name, torch_model(name), model, random_input(75, 93, seed=3), TOL)
-    assert parity["passed"], parity
-    assert parity["logits"]["top1"] == 1.0
 
 
 def test_timm_and_torchvision_share_one_mapping_table():
@@ -78,13 +61,3 @@ def test_pitfall_pre_activation_order(monkeypatch, torch_model):
     with pytest.raises(zoo.MappingError, match="shape mismatch"):
         # norm1 normalises the block input (C channels), not the bottleneck (4k): shapes differ
         mapped_onto(name, module)
-
-
-def test_features_only_gives_one_output_per_stage(converted_small):
-    from zoo.models.densenet import densenet
-
-    full, _ = converted_small("timm/densenet121")
-    feats = densenet(features_only=True)
-    assert [o.shape[-1] for o in feats.outputs] == [256, 512, 1024, 1024]
-    outs = assert_features_match(feats, full, random_input(seed=5)[:1], 4)
-    assert [o.shape[1] for o in outs] == [16, 8, 4, 2]   # strides 4 ... 32

@@ -1,43 +1,20 @@
 """EfficientNet family (recipes/efficientnet.yaml, zoo/models/efficientnet.py:efficientnet):
-parity of the B0s of both sources, odd non-square inputs, and one test per pitfall."""
+one test per pitfall, and both sources' width rounding.
+Parity at small and odd non-square sizes, include_top=False and features_only are tested for
+every catalogue configuration in tests/test_catalogue.py."""
 import numpy as np
 import pytest
 
 import zoo
 from helpers import (
     SMALL,
-    assert_features_match,
-    assert_small_parity,
     mapped,
-    parity_at,
     random_input,
     rel,
     torch_nhwc,
 )
 
 TOL = 1e-4
-
-
-@pytest.mark.parametrize("name", ["timm/efficientnet_b0", "torchvision/efficientnet_b0"])
-def test_parity_small(name, converted_small):
-    assert_small_parity(converted_small(name)[1], 7, TOL)
-
-
-def test_tf_same_padding_at_odd_non_square_size():
-    # 75 x 93 -> 38 x 47 -> 19 x 24 -> 10 x 12 -> 5 x 6 -> 3 x 3: both parities at strided
-    # layers, so TF "SAME" padding is asymmetric on some and symmetric on others.
-    err = parity_at("timm/tf_efficientnet_b0", 75, 93, input_size=SMALL)
-    assert err < TOL, err
-
-
-def test_symmetric_padding_at_odd_non_square_size(converted_small, torch_model):
-    name = "torchvision/efficientnet_b0"
-    model, _ = converted_small(name)
-    x = random_input(75, 93, seed=3)
-    ref = torch_nhwc(torch_model(name), x)
-    got = model.predict_on_batch(x)
-    assert rel(got, ref) < TOL
-    assert (np.asarray(got).argmax(1) == ref.argmax(1)).all()
 
 
 # ------------------------------------------------------------------ pitfalls
@@ -101,13 +78,3 @@ def test_timm_and_torchvision_widths_agree_with_their_sources():
     assert count(efficientnet(**kw)) == torch_count(timm.create_model("efficientnet_b3"))
     assert count(efficientnet(rounding="torchvision", **kw)) == \
         torch_count(torchvision.models.efficientnet_b3())
-
-
-def test_features_only_gives_one_output_per_stage(converted_small):
-    from zoo.models.efficientnet import efficientnet
-
-    full, _ = converted_small("timm/efficientnet_b0")
-    feats = efficientnet(features_only=True)
-    assert [o.shape[-1] for o in feats.outputs] == [16, 24, 40, 80, 112, 192, 320]
-    outs = assert_features_match(feats, full, random_input(n=1, seed=5), 7)
-    assert [o.shape[1] for o in outs] == [32, 16, 8, 4, 4, 2, 2]   # strides 2 ... 32

@@ -1,11 +1,13 @@
-"""GoogLeNet family (recipes/googlenet.yaml, zoo/models/googlenet.py:googlenet): parity with
-torchvision at a small and an odd non-square size, one test per pitfall, multi-scale features."""
+"""GoogLeNet family (recipes/googlenet.yaml, zoo/models/googlenet.py:googlenet): the torch
+configuration the recipe assumes, one test per pitfall, the input transform layer.
+Parity at small and odd non-square sizes, include_top=False and features_only are tested for
+every catalogue configuration in tests/test_catalogue.py."""
 import numpy as np
 import pytest
 import torch
 
 import zoo
-from helpers import assert_features_match, assert_small_parity, mapped_onto, random_input, validation_parity
+from helpers import mapped_onto, random_input, validation_parity
 from zoo.catalog import get_variant
 
 NAME = "torchvision/googlenet"
@@ -18,19 +20,6 @@ TOL = 1e-4
 def module(torch_model):
     """The perturbed torch model (fixed seed: the weights zoo.convert uses)."""
     return torch_model(NAME)
-
-
-def test_parity_small(converted_small):
-    assert_small_parity(converted_small(NAME)[1], 4, TOL)
-
-
-def test_parity_at_odd_non_square_size(converted_small, module):
-    # 75 x 93 -> 38 x 47 -> ceil-mode pools 19 x 24 -> 10 x 12 -> 5 x 6 -> 3 x 3: every max-pool
-    # sees an odd or even size on some axis, so the partial ceil_mode window is exercised.
-    model, _ = converted_small(NAME)
-    parity = validation_parity(NAME, module, model, random_input(75, 93, seed=3), TOL)
-    assert parity["passed"], parity
-    assert parity["features"]["stage4"]["max_rel"] < TOL and parity["logits"]["top1"] == 1.0
 
 
 def test_random_pretrained_and_recipe_agree_on_the_torch_config(module):
@@ -96,13 +85,3 @@ def test_pitfall_max_pool_ceil_mode(monkeypatch, module):
     # 64 -> conv1 32 -> maxpool1: 16 (ceil) vs 15 (floor): stage1 does not even have the same size
     assert parity["features"]["stage1"]["error"] == "shape (2, 15, 15, 192) != reference (2, 16, 16, 192)"
     assert not parity["passed"] and parity["logits"]["max_rel"] > 1e-4, parity
-
-
-def test_features_only_gives_one_output_per_stage(converted_small):
-    from zoo.models.googlenet import googlenet
-
-    full, _ = converted_small(NAME)
-    feats = googlenet(transform_input=True, features_only=True)
-    assert [o.shape[-1] for o in feats.outputs] == [192, 480, 832, 1024]
-    outs = assert_features_match(feats, full, random_input(seed=5)[:1], 4)
-    assert [o.shape[1] for o in outs] == [16, 8, 4, 2]   # strides 4 ... 32

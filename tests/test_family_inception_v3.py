@@ -1,28 +1,15 @@
-"""Inception v3 family (recipes/inception_v3.yaml, zoo/models/inception.py:inception_v3): parity
-of both sources at the smallest size the network accepts (75) and at an odd non-square size,
-one test per pitfall, multi-scale features."""
+"""Inception v3 family (recipes/inception_v3.yaml, zoo/models/inception.py:inception_v3): one
+mapping table for both sources, one test per pitfall (at the smallest size the network accepts).
+Parity at small and odd non-square sizes, include_top=False and features_only are tested for
+every catalogue configuration in tests/test_catalogue.py."""
 import pytest
 
 import zoo
-from helpers import assert_features_match, assert_small_parity, mapped_onto, random_input, validation_parity
+from helpers import MIN_SIZE, mapped_onto, random_input, validation_parity
 from zoo.catalog import get_variant
 
 TOL = 1e-4
-MIN_SIZE = 75   # below 75 x 75 a feature map shrinks to nothing before Mixed_7a
-
-
-@pytest.mark.parametrize("name", ["timm/inception_v3", "torchvision/inception_v3"])
-def test_parity_small(name, converted_small):
-    assert_small_parity(converted_small(name, MIN_SIZE)[1], 5, TOL)
-
-
-def test_parity_at_odd_non_square_size(converted_small, torch_model):
-    # 79 x 97 -> 39 x 48 -> 37 x 46 -> pool 18 x 22 -> 16 x 20 -> 7 x 9 -> 3 x 4 -> 1 x 1
-    name = "torchvision/inception_v3"
-    model, _ = converted_small(name, MIN_SIZE)
-    parity = validation_parity(name, torch_model(name), model, random_input(79, 97, seed=3), TOL)
-    assert parity["passed"], parity
-    assert parity["logits"]["top1"] == 1.0
+SIZE = MIN_SIZE["inception_v3"]
 
 
 def test_timm_and_torchvision_share_one_mapping_table():
@@ -48,7 +35,7 @@ def test_pitfall_avg_pool_count_include_pad(monkeypatch, torch_model):
     monkeypatch.setattr(inc, "_avg_pool_3x3", keras_same)
     module = torch_model("timm/inception_v3")
     wrong = mapped_onto("timm/inception_v3", module)
-    parity = validation_parity("timm/inception_v3", module, wrong, random_input(MIN_SIZE, MIN_SIZE),
+    parity = validation_parity("timm/inception_v3", module, wrong, random_input(SIZE, SIZE),
                                TOL)
     assert parity["features"]["stage2"]["max_rel"] < TOL   # before the first Mixed block
     assert parity["features"]["stage3"]["max_rel"] > 1e-2, parity
@@ -72,16 +59,6 @@ def test_pitfall_torchvision_transform_input(torch_model):
     name = "torchvision/inception_v3"
     module = torch_model(name)
     wrong = mapped_onto(name, module, transform_input=False)
-    parity = validation_parity(name, module, wrong, random_input(MIN_SIZE, MIN_SIZE), TOL)
+    parity = validation_parity(name, module, wrong, random_input(SIZE, SIZE), TOL)
     assert parity["features"]["stage1"]["max_rel"] > 1e-1, parity
     assert parity["logits"]["max_rel"] > 1e-2, parity
-
-
-def test_features_only_gives_one_output_per_stage(converted_small):
-    from zoo.models.inception import inception_v3
-
-    full, _ = converted_small("timm/inception_v3", MIN_SIZE)
-    feats = inception_v3(features_only=True)
-    assert [o.shape[-1] for o in feats.outputs] == [64, 192, 288, 768, 2048]
-    outs = assert_features_match(feats, full, random_input(MIN_SIZE, MIN_SIZE, seed=5)[:1], 5)
-    assert [o.shape[1] for o in outs] == [35, 15, 7, 3, 1]   # strides 2 ... 32, "valid" convs

@@ -1,28 +1,17 @@
-"""MNASNet 1.0 (torchvision) against the real model; its BatchNorm momentum (1 - 0.9997)."""
+"""MNASNet 1.0 (torchvision): its BatchNorm momentum (1 - 0.9997), checked and used in training.
+Parity at small and odd non-square sizes, include_top=False and features_only are tested for
+every catalogue configuration in tests/test_catalogue.py."""
 import numpy as np
 import pytest
 import torch
 import torchvision
 
 import zoo
-from helpers import SMALL, parity_at
 from zoo.catalog import get_variant
 from zoo.conversion.mapping import plan_mapping
 from zoo.models import get_builder, mnasnet
 
 NAME = "torchvision/mnasnet1_0"
-
-
-def test_parity_at_small_size(converted_small):
-    _model, report = converted_small(NAME)
-    p = report["parity"]["in_memory"]
-    assert p["passed"] and p["max_rel"] < 1e-5, p["max_rel"]   # measured 8.9e-7
-    assert set(p["features"]) == {f"stage{i}" for i in range(1, 8)}
-
-
-def test_parity_at_odd_non_square_size():
-    # 67x75: odd inputs to the stride-2 stem conv and to the 3x3 and 5x5 stride-2 depthwise convs
-    assert parity_at(NAME, 67, 75, input_size=SMALL) < 1e-5
 
 
 def test_pitfall_batchnorm_momentum_is_checked(monkeypatch):
@@ -55,14 +44,3 @@ def test_batchnorm_running_mean_updates_like_torch_in_training():
     kbn(x, training=True)
     np.testing.assert_allclose(np.asarray(kbn.moving_mean), tbn.running_mean.numpy(), atol=1e-7)
     assert np.abs(tbn.running_mean.numpy()).max() > 1e-4   # it did move
-
-
-def test_features_only_gives_one_output_per_stage():
-    model = get_builder("mnasnet")(features_only=True)
-    outs = model(np.zeros((1, 64, 64, 3), np.float32))
-    strides, channels = [2, 4, 8, 16, 16, 32, 32], [16, 24, 40, 80, 96, 192, 320]
-    assert [tuple(o.shape) for o in outs] == [(1, 64 // s, 64 // s, c)
-                                              for s, c in zip(strides, channels)]
-    assert model.output_names == [f"stage{i}" for i in range(1, 8)]
-    backbone = get_builder("mnasnet")(include_top=False, pooling="avg")
-    assert tuple(backbone.output.shape) == (None, 1280)

@@ -1,7 +1,9 @@
-"""MobileNetV2 / V3 (timm and torchvision through one Keras builder each) against the real
-models, and the pitfalls of the family: hard-sigmoid / hard-swish definitions, torchvision's
-MobileNetV3 BatchNorm eps/momentum, the pre-logits head layer type, squeeze-excite widths, the
-padding of strided depthwise convs."""
+"""MobileNetV2 / V3 (timm and torchvision through one Keras builder each): the pitfalls of
+the family: hard-sigmoid / hard-swish definitions, torchvision's MobileNetV3 BatchNorm
+eps/momentum, the pre-logits head layer type, squeeze-excite widths, the padding of strided
+depthwise convs; exact float64 parity of timm's MobileNetV3-large; the classifier layouts.
+Parity at small and odd non-square sizes, include_top=False and features_only are tested for
+every catalogue configuration in tests/test_catalogue.py."""
 import copy
 
 import keras
@@ -13,16 +15,13 @@ import torchvision
 from torch.nn import functional as F
 
 import zoo
-from helpers import SMALL, parity_at, pipeline_parity, plan_for, rel
+from helpers import SMALL, pipeline_parity, plan_for, rel
 from zoo.catalog import get_variant
 from zoo.conversion.mapping import apply_plan, plan_mapping
 from zoo.conversion.pipeline import torch_outputs
 from zoo.conversion.sources import load_torch_model
 from zoo.models import get_builder, mobilenet
 from zoo.validate import compare_outputs, keras_outputs, make_inputs
-
-SMALLEST = ["torchvision/mobilenet_v2", "timm/mobilenetv2_100", "torchvision/mobilenet_v3_small",
-            "timm/mobilenetv3_small_100"]
 
 
 def _keras2_hard_sigmoid(x):
@@ -55,25 +54,7 @@ def test_builders_use_those_activations():
     assert v2.get_layer("block2_act1").max_value == 6.0
 
 
-# --------------------------------------------------------------------------------------- parity
-
-@pytest.mark.parametrize("name", SMALLEST)
-def test_smallest_variants_of_each_source_at_small_size(name, converted_small):
-    _model, report = converted_small(name)
-    p = report["parity"]["in_memory"]
-    # measured at 64: tv v2 8.8e-7, timm v2 3.0e-5, tv v3 small 5.8e-7, timm v3 small 2.3e-6
-    assert p["passed"] and p["max_rel"] < report["tolerance"], p["max_rel"]
-    assert p["logits"]["top1"] == 1.0
-    n_stages = 6 if "small" in name else 7
-    assert set(p["features"]) == {f"stage{i}" for i in range(1, n_stages + 1)}
-
-
-@pytest.mark.parametrize("name", ["torchvision/mobilenet_v3_small", "timm/mobilenetv3_small_100"])
-def test_odd_non_square_size(name):
-    # 67x75: odd inputs to every stride-2 conv (3x3 and 5x5 depthwise) and to the SE pools; the
-    # two heads. MobileNetV2 uses the same conv/depthwise helpers (3x3 only).
-    assert parity_at(name, 67, 75, input_size=SMALL) < 1e-5
-
+# ------------------------------------------------------------------------------- float64 parity
 
 def test_timm_large_is_exact_in_float64():
     """The mapping is exact, not merely within float32 tolerance: in float64 Keras and torch agree
@@ -197,21 +178,3 @@ def test_classifier_layouts():
     v2 = get_builder("mobilenet_v2")(dropout=0.2)
     names = [layer.name for layer in v2.layers]
     assert names[-3:] == ["avg_pool", "head_drop", "predictions"]
-
-
-# ------------------------------------------------------------------------------------- features
-
-@pytest.mark.parametrize("builder, kwargs, strides, channels, pooled", [
-    ("mobilenet_v2", {}, [2, 4, 8, 16, 16, 32, 32], [16, 24, 32, 64, 96, 160, 320], 1280),
-    ("mobilenet_v3", {"arch": "large"}, [2, 4, 8, 16, 16, 32, 32],
-     [16, 24, 40, 80, 112, 160, 960], 960),
-    ("mobilenet_v3", {"arch": "small"}, [4, 8, 16, 16, 32, 32], [16, 24, 40, 48, 96, 576], 576),
-])
-def test_features_only_gives_one_output_per_stage(builder, kwargs, strides, channels, pooled):
-    model = get_builder(builder)(features_only=True, **kwargs)
-    outs = model(np.zeros((1, 64, 64, 3), np.float32))
-    assert [tuple(o.shape) for o in outs] == [(1, 64 // s, 64 // s, c)
-                                              for s, c in zip(strides, channels)]
-    assert model.output_names == [f"stage{i}" for i in range(1, len(strides) + 1)]
-    backbone = get_builder(builder)(include_top=False, pooling="avg", **kwargs)
-    assert tuple(backbone.output.shape) == (None, pooled)

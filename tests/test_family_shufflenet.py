@@ -1,4 +1,6 @@
-"""ShuffleNetV2 (torchvision) and its NHWC channel split / channel shuffle layers."""
+"""ShuffleNetV2 (torchvision): its NHWC channel split / channel shuffle layers and their pitfalls.
+Parity at small and odd non-square sizes, include_top=False and features_only are tested for
+every catalogue configuration in tests/test_catalogue.py."""
 import keras
 import numpy as np
 import pytest
@@ -6,9 +8,8 @@ import torch
 from keras import ops
 from torchvision.models.shufflenetv2 import channel_shuffle
 
-from helpers import SMALL, parity_at, pipeline_parity
+from helpers import pipeline_parity
 from zoo.layers.shuffle import ChannelShuffle, ChannelSplit
-from zoo.models import get_builder
 
 NAME = "torchvision/shufflenet_v2_x1_0"
 
@@ -93,18 +94,6 @@ def test_pitfall_nchw_shuffle_code_ported_literally_to_nhwc_is_wrong():
 
 # -------------------------------------------------------------------------------- the network
 
-def test_parity_at_small_size(converted_small):
-    _model, report = converted_small(NAME)
-    p = report["parity"]["in_memory"]
-    assert p["passed"] and p["max_rel"] < 1e-5, p["max_rel"]   # measured 4e-7
-    assert set(p["features"]) == {"stage1", "stage2", "stage3", "stage4"}
-
-
-def test_parity_at_odd_non_square_size():
-    # 67x75: odd sizes at every stride-2 conv, the max-pool and all three stride-2 blocks
-    assert parity_at(NAME, 67, 75, input_size=SMALL) < 1e-5
-
-
 def test_pitfall_literal_nchw_shuffle_in_the_network_fails_validation(monkeypatch):
     monkeypatch.setattr(ChannelShuffle, "call", lambda self, x: _naive_shuffle(x, self.groups))
     p = pipeline_parity(NAME)
@@ -117,13 +106,3 @@ def test_pitfall_shuffle_groups_must_not_be_skipped(monkeypatch):
     monkeypatch.setattr(ChannelShuffle, "call", lambda self, x: x)
     p = pipeline_parity(NAME)
     assert not p["passed"] and p["max_rel"] > 1e-1, p["max_rel"]
-
-
-def test_features_only_gives_one_output_per_stage():
-    model = get_builder("shufflenet_v2")(features_only=True)
-    outs = model(np.zeros((1, 64, 64, 3), np.float32))
-    assert [tuple(o.shape) for o in outs] == [(1, 16, 16, 24), (1, 8, 8, 116), (1, 4, 4, 232),
-                                              (1, 2, 2, 464)]
-    assert model.output_names == ["stage1", "stage2", "stage3", "stage4"]
-    backbone = get_builder("shufflenet_v2")(include_top=False, pooling="avg")
-    assert tuple(backbone.output.shape) == (None, 1024)

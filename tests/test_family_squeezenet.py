@@ -1,35 +1,18 @@
-"""SqueezeNet 1.0 / 1.1 (recipes/squeezenet.yaml, zoo/models/squeezenet.py:squeezenet): parity
-of both versions, odd non-square sizes, the ceil_mode and Fire concat-order pitfalls, and
-multi-scale features."""
+"""SqueezeNet 1.0 / 1.1 (recipes/squeezenet.yaml, zoo/models/squeezenet.py:squeezenet): the
+ceil_mode and Fire concat-order pitfalls.
+Parity at small and odd non-square sizes, include_top=False and features_only are tested for
+every catalogue configuration in tests/test_catalogue.py."""
 import numpy as np
-import pytest
 
 import zoo.models.squeezenet as squeezenet_module
 from helpers import (
-    SMALL,
-    assert_features_match,
-    assert_small_parity,
     mapped,
-    parity_at,
     random_input,
     rel,
     torch_nhwc,
 )
 
 TOL = 1e-4
-NAMES = ["torchvision/squeezenet1_0", "torchvision/squeezenet1_1"]
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_parity_small(name, converted_small):
-    assert_small_parity(converted_small(name)[1], 4, TOL)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_odd_non_square_size(name):
-    # 67 x 81: the ceil-mode pools see both odd and even sizes (partial last windows).
-    err = parity_at(name, 67, 81, input_size=SMALL)
-    assert err < TOL, err
 
 
 # ------------------------------------------------------------------ pitfalls
@@ -64,16 +47,3 @@ def test_pitfall_fire_concat_order(monkeypatch):
     module, wrong = mapped("torchvision/squeezenet1_1")
     x = random_input(seed=1)
     assert rel(wrong.predict_on_batch(x), torch_nhwc(module, x)) > 1e-2
-
-
-def test_features_only_and_headless(converted_small):
-    from zoo.models.squeezenet import squeezenet
-
-    full, _ = converted_small("torchvision/squeezenet1_0")
-    feats = squeezenet("1_0", features_only=True)
-    assert [o.shape[-1] for o in feats.outputs] == [96, 256, 512, 512]
-    outs = assert_features_match(feats, full, random_input(n=1, seed=5), 4)
-    assert [o.shape[1] for o in outs] == [29, 14, 7, 3]   # strides 2, 4, 8, 16 (ceil mode: 14 -> 7)
-    assert squeezenet("1_1", include_top=False, pooling="avg").output.shape == (None, 512)
-    probs = squeezenet("1_1", classes=7, classifier_activation="softmax").output
-    assert probs.shape == (None, 7)

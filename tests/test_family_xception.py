@@ -1,16 +1,13 @@
-"""Xception family (recipes/xception.yaml, zoo/models/xception.py:xception): parity of timm's
-aligned xception41, an odd non-square input, and one test per pitfall of the family."""
+"""Xception family (recipes/xception.yaml, zoo/models/xception.py:xception): one test per pitfall
+of timm's aligned xception41, and where its BatchNorms sit.
+Parity at small and odd non-square sizes, include_top=False and features_only are tested for
+every catalogue configuration in tests/test_catalogue.py."""
 import pytest
 
 import zoo
 from helpers import (
-    SMALL,
-    assert_features_match,
-    assert_small_parity,
     build,
-    parity_at,
     plan_for,
-    random_input,
     rebuilt,
     rel_err,
 )
@@ -30,23 +27,11 @@ def torch_model():
     return load_torch_model(variant, tag, "random").module
 
 
-def test_parity_small(converted_small):
-    parity = assert_small_parity(converted_small(NAME)[1], 5, TOL)
-    print(f"{NAME} @ {SMALL}: max_rel {parity['max_rel']:.2e}")
-
-
-def test_odd_non_square_size():
-    # 75 x 93 -> 38 x 47 -> 19 x 24 -> 10 x 12 -> 5 x 6 -> 3 x 3: odd and even inputs at every
-    # stride-2 depthwise conv (symmetric padding 1) and stride-2 1x1 shortcut.
-    err = parity_at(NAME, 75, 93, input_size=SMALL)
-    assert err < TOL, err
-
-
 def test_pitfall_strided_depthwise_convs_pad_symmetrically(converted_small, torch_model):
     """torch pads the stride-2 3x3 convs (stem and depthwise) by 1 on every side; TF "same"
     pads 0 before and 1 after on even inputs, shifting every downsampled map by one pixel (the
     global average pool then hides much of it: ~1e-3 on the logits, far more per stage)."""
-    full, _ = converted_small(NAME)   # matches torch: test_parity_small
+    full, _ = converted_small(NAME)   # matches torch: tests/test_catalogue.py
     stage3 = ("blocks.2.stack.act3", "stage3")
     assert rel_err(torch_model, full, feature=stage3) < TOL
     assert rel_err(torch_model, rebuilt(full, NAME, padding="same"), feature=stage3) > 100 * TOL
@@ -84,16 +69,3 @@ def test_batchnorm_sits_between_depthwise_and_pointwise(converted_small):
     full, _ = converted_small(NAME)
     assert full.get_layer("block0_conv1_pw").input is full.get_layer("block0_conv1_bn_dw").output
     assert full.get_layer("block0_conv1_bn_dw").input is full.get_layer("block0_conv1_dw").output
-
-
-def test_features_only_gives_one_output_per_stage(converted_small):
-    """Stages are timm's feature taps: the ReLU feeding each strided separable conv, then the
-    last block's output, so features_only matches timm's `features_only=True`."""
-    import timm
-
-    full, _ = converted_small(NAME)
-    feats = build(NAME, features_only=True)
-    tm = timm.create_model("xception41", features_only=True)
-    assert [o.shape[-1] for o in feats.outputs] == tm.feature_info.channels()
-    outs = assert_features_match(feats, full, random_input(n=1, seed=5), 5)
-    assert [SMALL // o.shape[1] for o in outs] == tm.feature_info.reduction()   # 2 ... 32
