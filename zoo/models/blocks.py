@@ -155,6 +155,11 @@ def conv_norm_act(x, filters, kernel, stride=1, *, names, cfg=TORCH, act=None, g
     return activation(x, act or cfg.act, act_name) if act_name else x
 
 
+# torchvision BasicConv2d's nn.BatchNorm2d(out, eps=0.001) (GoogLeNet and Inception v3 weights were
+# ported from TF), also timm's Inception v3 ConvNormAct(norm_kwargs=dict(eps=1e-3))
+BASIC_CONV2D_BN_EPS = 1e-3
+
+
 def basic_conv2d(x, filters, kernel, stride=1, padding=0, *, name, cfg=TORCH):
     """torchvision `BasicConv2d` (GoogLeNet, Inception v3): conv without bias and with padding 0
     unless given -> BN -> ReLU, named `<name>_conv`, `_bn`, `_act`."""
@@ -224,7 +229,7 @@ def depthwise_separable(x, filters, kernel=3, stride=1, *, prefix, cfg=TORCH, ac
     (x, prefix) -> x, e.g. a functools.partial of squeeze_excite.
     """
     dw, dw_norm, dw_act, pw, pw_norm, pw_act = (n and f"{prefix}_{n}" for n in names)
-    x = norm(depthwise(x, kernel, stride, dw, cfg), dw_norm, cfg)
+    x = norm(depthwise(x, kernel, stride, name=dw, cfg=cfg), dw_norm, cfg)
     if dw_act:
         x = activation(x, act or cfg.act, dw_act)
     if se is not None:

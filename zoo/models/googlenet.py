@@ -15,9 +15,14 @@ from __future__ import annotations
 import keras
 
 from zoo.layers import TorchMaxPool2D
-from zoo.models.blocks import Settings, application, basic_conv2d, stage_end, transform_input_layer
-
-BN_EPS = 1e-3   # torchvision BasicConv2d: nn.BatchNorm2d(out, eps=0.001)
+from zoo.models.blocks import (
+    BASIC_CONV2D_BN_EPS,
+    Settings,
+    application,
+    basic_conv2d,
+    stage_end,
+    transform_input_layer,
+)
 
 # Stages 2-4: the kernel of the ceil-mode max-pool that opens the stage, then its inception
 # blocks as (name, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj).
@@ -48,7 +53,7 @@ def _inception(x, ch1, ch3red, ch3, ch5red, ch5, pool_proj, cfg, name):
 
 
 @application("googlenet")
-def googlenet(inputs, transform_input=False, bn_eps=BN_EPS):
+def googlenet(inputs, transform_input=False, bn_eps=BASIC_CONV2D_BN_EPS):
     """GoogLeNet, NHWC input normalised like the PyTorch source; returns logits by default.
 
     `transform_input` must equal the torch model's flag (True for torchvision's pretrained

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import keras
 
-from zoo.models.blocks import Settings, application, basic_conv2d, stage_end, transform_input_layer
-
-BN_EPS = 1e-3   # torchvision BasicConv2d / timm ConvNormAct(norm_kwargs=dict(eps=1e-3))
+from zoo.models import blocks
+from zoo.models.blocks import basic_conv2d, stage_end
 
 
 def _avg_pool_3x3(x, name):
@@ -103,8 +102,8 @@ def _block_e(x, cfg, name):
     return _concat([b1, b3, bd, bp], f"{name}_concat")
 
 
-@application("inception_v3")
-def inception_v3(inputs, transform_input=False, bn_eps=BN_EPS):
+@blocks.application("inception_v3")
+def inception_v3(inputs, transform_input=False, bn_eps=blocks.BASIC_CONV2D_BN_EPS):
     """Inception v3, NHWC input normalised like the PyTorch source; returns logits by default.
 
     Native resolution 299; the smallest input the network accepts is 75 x 75.
@@ -113,8 +112,8 @@ def inception_v3(inputs, transform_input=False, bn_eps=BN_EPS):
     8, 16, 32: timm's feature_info taps Conv2d_2b_3x3, Conv2d_4a_3x3, Mixed_5d, Mixed_6e,
     Mixed_7c).
     """
-    cfg = Settings(bn_eps=bn_eps)
-    x = transform_input_layer(inputs) if transform_input else inputs
+    cfg = blocks.Settings(bn_eps=bn_eps)
+    x = blocks.transform_input_layer(inputs) if transform_input else inputs
     x = basic_conv2d(x, 32, 3, stride=2, cfg=cfg, name="Conv2d_1a_3x3")
     x = basic_conv2d(x, 32, 3, cfg=cfg, name="Conv2d_2a_3x3")
     x = stage_end(basic_conv2d(x, 64, 3, padding=1, cfg=cfg, name="Conv2d_2b_3x3"), "stage1", 2)
