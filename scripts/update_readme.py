@@ -1,6 +1,8 @@
 #!/usr/bin/env python
-"""Rewrite the README's catalogue table from the catalogue and the last convert_all.py run
-(OUT/index.json): python scripts/update_readme.py [--out outputs] [--readme README.md]"""
+"""Rewrite the README's generated sections: the catalogue table from the catalogue and the last
+convert_all.py run (OUT/index.json), and "What we test against" from the last test run
+(outputs/robustness.json, written by tests/robustness.py):
+python scripts/update_readme.py [--out outputs] [--readme README.md]"""
 import argparse
 import json
 import re
@@ -9,6 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- catalogue:start -->", "<!-- catalogue:end -->"
+ROBUST_START, ROBUST_END = "<!-- robustness:start -->", "<!-- robustness:end -->"
+ROBUSTNESS = ROOT / "outputs" / "robustness.json"
 
 
 def table(index: dict) -> str:
@@ -34,6 +38,36 @@ def table(index: dict) -> str:
     return "\n".join(rows)
 
 
+def robustness(results: dict) -> str:
+    """One table per category: what was tried and how it ended, as the tests recorded it."""
+    if not results:
+        return "_No results yet: run the test suite, then this script._"
+    lines = []
+    by_cat: dict[str, list] = {}
+    for r in results.values():
+        by_cat.setdefault(r["category"], []).append(r)
+    for cat in sorted(by_cat):
+        rows = sorted(by_cat[cat], key=lambda r: r["test"])
+        passed = sum(r["outcome"] == "passed" for r in rows)
+        lines += [f"**{cat}** ({passed}/{len(rows)} cases pass)", "",
+                  "| what was tried | outcome | test |", "|---|---|---|"]
+        for r in rows:
+            ex = r.get("examples")
+            outcome = r["outcome"] + (" — " + ", ".join(f"{n} × {o}" for o, n in ex.items())
+                                      if ex else "")
+            what = r["what"].replace("|", "\\|")
+            lines.append(f"| {what} | {outcome} | `{r['test'].split('[')[0]}` |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def _replace(text, start, end, body):
+    if start not in text or end not in text:
+        raise SystemExit(f"README.md lacks the {start} / {end} markers")
+    return re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _m: f"{start}\n{body}\n{end}",
+                  text, flags=re.S)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="outputs")
@@ -42,14 +76,12 @@ def main(argv=None):
     index_path = Path(args.out) / "index.json"
     index = json.loads(index_path.read_text())["models"] if index_path.is_file() else {}
     readme = Path(args.readme)
-    text = readme.read_text()
-    if START not in text or END not in text:
-        print(f"README.md lacks the {START} / {END} markers", file=sys.stderr)
-        return 1
-    new = re.sub(re.escape(START) + ".*?" + re.escape(END),
-                 lambda _m: f"{START}\n{table(index)}\n{END}", text, flags=re.S)
-    readme.write_text(new)
-    print(f"updated the catalogue table from {index_path}")
+    text = _replace(readme.read_text(), START, END, table(index))
+    results = json.loads(ROBUSTNESS.read_text()) if ROBUSTNESS.is_file() else {}
+    text = _replace(text, ROBUST_START, ROBUST_END, robustness(results))
+    readme.write_text(text)
+    print(f"updated the catalogue table from {index_path} and 'What we test against' from "
+          f"{ROBUSTNESS}")
     return 0
 
 

@@ -67,3 +67,7 @@ def torch_model():
         return cache[name]
 
     return get
+
+
+# "What we test against" in the README: outcomes of the hostile/fault/fuzz tests (robustness.py)
+from robustness import pytest_configure, pytest_runtest_makereport, pytest_sessionfinish  # noqa: E402,F401

@@ -13,6 +13,7 @@ from helpers import ROOT, run_script
 
 NAME = "timm/resnet18"
 SIZE = 32   # the smallest input every stage of ResNet-18 still sees (1x1 at stage 4)
+pytestmark = pytest.mark.hostile("fault injection")
 
 
 def batch(out, *extra, kill_at=None, env=None, size=SIZE, only=(NAME,)):

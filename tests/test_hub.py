@@ -117,6 +117,7 @@ def test_download_in_fresh_cache_predicts_what_was_recorded(server, converted, t
     assert [p for p, _ in server.requests[n:]] == ["/index.json"]
 
 
+@pytest.mark.hostile("hostile server or cache")
 def test_corrupted_file_is_an_error_and_nothing_is_cached(server, tmp_path):
     server.faults[WEIGHTS] = ["corrupt"]
     with pytest.raises(hub.DownloadError, match="checksum mismatch"):
@@ -168,6 +169,7 @@ def test_two_processes_downloading_at_once(server, tmp_path):
     assert [p for p, _ in server.requests].count(WEIGHTS) == 1   # the second waited, then reused
 
 
+@pytest.mark.hostile("hostile server or cache")
 def test_malicious_index_is_refused(server, release, tmp_path):
     evil = tmp_path / "evil_release"
     shutil.copytree(release, evil)
@@ -190,6 +192,7 @@ def test_malicious_index_is_refused(server, release, tmp_path):
     assert not any((tmp_path / "outside").iterdir())
 
 
+@pytest.mark.hostile("hostile server or cache")
 def test_only_http_https_file_urls(monkeypatch, tmp_path):
     monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("ZOO_WEIGHTS_URL", "ftp://example.org/release")
@@ -224,6 +227,7 @@ def test_download_and_load_without_torch(server, converted, tmp_path):
 
 # ------------------------------------------------------------------------ hostile servers and caches
 
+@pytest.mark.hostile("hostile server or cache")
 def test_planted_part_symlink_is_not_followed(server, tmp_path):
     """A symlink at the download's `.part` path used to make fetch overwrite the file it points
     to, and the cached weights became that symlink."""
@@ -238,6 +242,7 @@ def test_planted_part_symlink_is_not_followed(server, tmp_path):
     assert not (folder / "model.weights.h5").exists()
 
 
+@pytest.mark.hostile("hostile server or cache")
 def test_download_stops_at_the_size_the_index_states(server, tmp_path):
     server.faults[WEIGHTS] = ["junk"]
     index = json.loads((server.root / "index.json").read_text())
@@ -249,6 +254,7 @@ def test_download_stops_at_the_size_the_index_states(server, tmp_path):
     assert sum(p.stat().st_size for p in cached) < size    # the junk never reached the disk
 
 
+@pytest.mark.hostile("hostile server or cache")
 @pytest.mark.parametrize("bad, problem", [
     (b"[1, 2, 3]", "expected a JSON object"),
     (b'{"models": {"timm/resnet18": {"files": {"model.weights.h5": {"path": '
@@ -276,6 +282,7 @@ def test_random_release_entry_warns(server):
         hub.fetch(NAME)
 
 
+@pytest.mark.hostile("hostile server or cache")
 def test_traversal_in_a_name_is_refused_before_any_request(server, tmp_path):
     n = len(server.requests)
     with pytest.raises(zoo.ZooError, match="invalid weight tag"):

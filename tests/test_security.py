@@ -15,6 +15,8 @@ from zoo.names import InvalidNameError
 from zoo.recipe import load_recipe
 from zoo.validate import compare_outputs
 
+pytestmark = pytest.mark.hostile("hostile input")
+
 # A user's own recipe whose source is a `python:` callable: nothing but our own check stands
 # between its weight tag and the file system (timm and torchvision reject unknown tags).
 USER_RECIPE = """

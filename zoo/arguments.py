@@ -25,13 +25,19 @@ def _number(option, value, kind):
     return value
 
 
+def _shown(value, number):
+    """How to quote a refused value: `-3` when the command line gave a number, `'2.5'` when the
+    text was not one, the repr for Python values."""
+    return value if isinstance(value, str) and number is not None else repr(value)
+
+
 def positive_int(option: str, value, allow_none: bool = True):
     """`value` as an int >= 1 (None passes through when allowed)."""
     if value is None and allow_none:
         return None
     number = _number(option, value, int)
     if number is None or number != int(number) or number < 1:
-        raise InvalidArgumentError(f"{option} must be a whole number >= 1, got {value!r}")
+        raise InvalidArgumentError(f"{option} must be a whole number >= 1, got {_shown(value, number)}")
     return int(number)
 
 
@@ -41,7 +47,8 @@ def positive_seconds(option: str, value, allow_none: bool = True):
         return None
     number = _number(option, value, float)
     if number is None or number <= 0:
-        raise InvalidArgumentError(f"{option} must be a number of seconds > 0, got {value!r}")
+        raise InvalidArgumentError(f"{option} must be a number of seconds > 0, got "
+                                   f"{_shown(value, number)}")
     return float(number)
 
 

@@ -107,6 +107,8 @@ def atomic_dir(final: str | Path):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+            with contextlib.suppress(OSError):   # an empty `<out>/<source>/` left by a failure
+                final.parent.rmdir()             # (fails, as it should, if anything else is there)
 
 
 def _swap_in(tmp: Path, final: Path, old: Path, attempts: int = 20) -> None:
