@@ -200,6 +200,17 @@ def pipeline_parity(name):
                            keras_outputs(model, x, list(features.values())), variant.tolerance)
 
 
+def assert_one_mapping_table(arch, builder):
+    """timm/<arch> and torchvision/<arch> use the same Keras builder and the same rules, none of
+    them restricted to one source (the two sources share their module names)."""
+    from zoo.catalog import get_variant
+
+    timm_v, _ = get_variant(f"timm/{arch}")
+    tv_v, _ = get_variant(f"torchvision/{arch}")
+    assert timm_v.rules == tv_v.rules and timm_v.builder == tv_v.builder == builder
+    assert not any(r.only or r.skip for r in timm_v.rules)
+
+
 def recipe_copy(tmp_path, monkeypatch, recipe, variant, new_name, edit):
     """A copy of recipes/<recipe>.yaml, changed by `edit(data)`, holding only `variant` renamed
     `new_name`, put first on ZOO_RECIPE_PATH for this test. Rules restricted to variants by
@@ -224,16 +235,29 @@ def recipe_copy(tmp_path, monkeypatch, recipe, variant, new_name, edit):
                        os.pathsep.join([str(tmp_path), os.environ.get("ZOO_RECIPE_PATH", "")]))
 
 
-def plain_linear(torch_pattern):
-    """A recipe edit for recipe_copy: the rule for `torch_pattern` maps the Linear after the
-    flatten with plain `linear` instead of `linear_after_flatten` (the flatten-order pitfall)."""
+def assert_plain_linear_breaks_only_the_logits(tmp_path, monkeypatch, recipe, variant,
+                                               torch_pattern, input_size, tolerance):
+    """The flatten-order pitfall: a copy of the recipe whose rule for `torch_pattern` maps the
+    Linear after the flatten with plain `linear` instead of `linear_after_flatten` (same shapes)
+    fails validation on the logits only; every stage still matches."""
+    import pytest
+
+    import zoo
+
     def edit(data):
         for rule in data["mapping"]:
             if rule["torch"] == torch_pattern:
                 assert rule["transform"] == "linear_after_flatten"
                 rule["transform"] = "linear"
                 rule.pop("args")
-    return edit
+
+    name = f"test/{recipe}_plain_linear"
+    recipe_copy(tmp_path, monkeypatch, recipe, variant, name, edit)
+    with pytest.raises(zoo.ValidationError) as e:
+        zoo.convert(name, input_size=input_size)
+    parity = e.value.report["parity"]["in_memory"]
+    assert parity["logits"]["max_rel"] > 1e-1
+    assert all(f["max_rel"] < tolerance for f in parity["features"].values())
 
 
 def assert_init_hides_swapped_blocks(tmp_path, monkeypatch, recipe, arch, swap, tolerance):

@@ -2,16 +2,13 @@
 adaptive pool's bins overlap, the flatten-order and stem-padding pitfalls.
 Parity at small and odd non-square sizes, include_top=False and features_only are tested for
 every catalogue configuration in tests/test_catalogue.py."""
-import pytest
 import torch
 
-import zoo
 from helpers import (
     SMALL,
+    assert_plain_linear_breaks_only_the_logits,
     assert_same_logits,
-    plain_linear,
     random_input,
-    recipe_copy,
     rel,
 )
 
@@ -30,13 +27,8 @@ def test_odd_non_square_size_through_the_adaptive_pool(converted_small, torch_mo
 def test_pitfall_linear_after_flatten(tmp_path, monkeypatch):
     """classifier.1 mapped with plain `linear` (same shapes): the stages match, the logits do
     not, because torch flattens (C, H, W) and Keras (H, W, C)."""
-    recipe_copy(tmp_path, monkeypatch, "alexnet", NAME, "test/alexnet_plain_linear",
-                plain_linear(r"classifier\.1"))
-    with pytest.raises(zoo.ValidationError) as e:
-        zoo.convert("test/alexnet_plain_linear", input_size=SMALL)
-    parity = e.value.report["parity"]["in_memory"]
-    assert parity["logits"]["max_rel"] > 1e-1
-    assert all(f["max_rel"] < TOL for f in parity["features"].values())
+    assert_plain_linear_breaks_only_the_logits(tmp_path, monkeypatch, "alexnet", NAME,
+                                               r"classifier\.1", SMALL, TOL)
 
 
 def test_pitfall_stem_needs_symmetric_padding(converted_small, torch_model):

@@ -15,13 +15,7 @@ import pytest
 import torch
 
 import zoo
-from helpers import (
-    assert_init_hides_swapped_blocks,
-    mapped,
-    random_input,
-    rel,
-    torch_nhwc,
-)
+from helpers import assert_init_hides_swapped_blocks, mapped, random_input, rel, torch_nhwc
 from zoo.layers.grn import GlobalResponseNorm
 from zoo.layers.layer_scale import LayerScale
 

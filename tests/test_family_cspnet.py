@@ -4,10 +4,7 @@ Parity at small and odd non-square sizes, include_top=False and features_only ar
 every catalogue configuration in tests/test_catalogue.py."""
 import pytest
 
-from helpers import (
-    rebuilt,
-    rel_err,
-)
+from helpers import rebuilt, rel_err
 from zoo.models import cspnet as cspnet_module
 
 TOL = 1e-4

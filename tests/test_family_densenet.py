@@ -5,21 +5,13 @@ every catalogue configuration in tests/test_catalogue.py."""
 import pytest
 
 import zoo
-from helpers import (
-    mapped_onto,
-    random_input,
-    validation_parity,
-)
-from zoo.catalog import get_variant
+from helpers import assert_one_mapping_table, mapped_onto, random_input, validation_parity
 
 TOL = 1e-4
 
 
 def test_timm_and_torchvision_share_one_mapping_table():
-    timm_v, _ = get_variant("timm/densenet121")
-    tv_v, _ = get_variant("torchvision/densenet121")
-    assert timm_v.rules == tv_v.rules and timm_v.builder == tv_v.builder == "densenet"
-    assert not any(r.only or r.skip for r in timm_v.rules)
+    assert_one_mapping_table("densenet121", "densenet")
 
 
 # ------------------------------------------------------------------ pitfalls
@@ -48,7 +40,7 @@ def test_pitfall_pre_activation_order(monkeypatch, torch_model):
     """DenseNet is BN -> ReLU -> conv; a post-activation port (conv -> BN -> ReLU) builds the
     same variables and maps cleanly, and is wrong from the first dense layer on."""
     import zoo.models.densenet as dmod
-    from zoo.models.common import conv2d
+    from zoo.models.blocks import conv2d
 
     def post_activation(x, growth_rate, bn_size, name):
         y = dmod._bn_relu(conv2d(x, bn_size * growth_rate, 1, name=f"{name}_conv1"),

@@ -6,13 +6,7 @@ import numpy as np
 import pytest
 
 import zoo
-from helpers import (
-    SMALL,
-    mapped,
-    random_input,
-    rel,
-    torch_nhwc,
-)
+from helpers import SMALL, mapped, random_input, rel, torch_nhwc
 
 TOL = 1e-4
 

@@ -5,18 +5,14 @@ every catalogue configuration in tests/test_catalogue.py."""
 import pytest
 
 import zoo
-from helpers import MIN_SIZE, mapped_onto, random_input, validation_parity
-from zoo.catalog import get_variant
+from helpers import MIN_SIZE, assert_one_mapping_table, mapped_onto, random_input, validation_parity
 
 TOL = 1e-4
 SIZE = MIN_SIZE["inception_v3"]
 
 
 def test_timm_and_torchvision_share_one_mapping_table():
-    timm_v, _ = get_variant("timm/inception_v3")
-    tv_v, _ = get_variant("torchvision/inception_v3")
-    assert timm_v.rules == tv_v.rules and timm_v.builder == tv_v.builder == "inception_v3"
-    assert not any(r.only or r.skip for r in timm_v.rules)
+    assert_one_mapping_table("inception_v3", "inception_v3")
 
 
 # ------------------------------------------------------------------ pitfalls

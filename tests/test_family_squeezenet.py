@@ -5,12 +5,7 @@ every catalogue configuration in tests/test_catalogue.py."""
 import numpy as np
 
 import zoo.models.squeezenet as squeezenet_module
-from helpers import (
-    mapped,
-    random_input,
-    rel,
-    torch_nhwc,
-)
+from helpers import mapped, random_input, rel, torch_nhwc
 
 TOL = 1e-4
 

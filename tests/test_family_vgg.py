@@ -4,15 +4,8 @@ adaptive pool replicates them to 7x7) at a size where the adaptive pool's bins o
 flatten-order pitfall.
 Parity at small and odd non-square sizes, include_top=False and features_only are tested for
 every catalogue configuration in tests/test_catalogue.py."""
-import pytest
 
-import zoo
-from helpers import (
-    assert_same_logits,
-    plain_linear,
-    random_input,
-    recipe_copy,
-)
+from helpers import assert_plain_linear_breaks_only_the_logits, assert_same_logits, random_input
 
 TOL = 1e-4
 NAME = "torchvision/vgg11"
@@ -33,10 +26,5 @@ def test_pitfall_linear_after_flatten(tmp_path, monkeypatch):
     4096 either way), so only the numbers can tell. torch flattens (C, H, W), Keras (H, W, C):
     every stage matches and the logits are wrong. Even at 32x32, where the 7x7 grid holds one
     value per channel, the rows pair features with the wrong weights."""
-    recipe_copy(tmp_path, monkeypatch, "vgg", NAME, "test/vgg11_plain_linear",
-                plain_linear(r"classifier\.0"))
-    with pytest.raises(zoo.ValidationError) as e:
-        zoo.convert("test/vgg11_plain_linear", input_size=SIZE)
-    parity = e.value.report["parity"]["in_memory"]
-    assert parity["logits"]["max_rel"] > 1e-1
-    assert all(f["max_rel"] < TOL for f in parity["features"].values())
+    assert_plain_linear_breaks_only_the_logits(tmp_path, monkeypatch, "vgg", NAME,
+                                               r"classifier\.0", SIZE, TOL)

@@ -5,12 +5,7 @@ every catalogue configuration in tests/test_catalogue.py."""
 import pytest
 
 import zoo
-from helpers import (
-    build,
-    plan_for,
-    rebuilt,
-    rel_err,
-)
+from helpers import build, plan_for, rebuilt, rel_err
 from zoo.catalog import get_variant
 from zoo.conversion.sources import load_torch_model
 
