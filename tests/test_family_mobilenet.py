@@ -15,12 +15,13 @@ import torchvision
 from torch.nn import functional as F
 
 import zoo
+import zoo.models.blocks
 from helpers import SMALL, pipeline_parity, plan_for, rel
 from zoo.catalog import get_variant
 from zoo.conversion.mapping import apply_plan, plan_mapping
 from zoo.conversion.pipeline import torch_outputs
 from zoo.conversion.sources import load_torch_model
-from zoo.models import get_builder, mobilenet
+from zoo.models import get_builder
 from zoo.validate import compare_outputs, keras_outputs, make_inputs
 
 
@@ -152,11 +153,12 @@ def test_squeeze_excite_widths_match_both_sources():
 
 
 def test_pitfall_keras_same_padding_on_strided_depthwise_fails(monkeypatch):
-    def same_padding(x, kernel, stride, name):
+    def same_padding(x, kernel, stride=1, name=None, **_):
         return keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same",
                                             use_bias=False, name=name)(x)
 
-    monkeypatch.setattr(mobilenet, "depthwise", same_padding)
+    # every builder's depthwise conv comes from the block library
+    monkeypatch.setattr(zoo.models.blocks, "depthwise", same_padding)
     p = pipeline_parity("torchvision/mobilenet_v3_small")
     assert not p["passed"]
     assert p["features"]["stage1"]["max_rel"] > 1e-2   # the first stride-2 depthwise conv
