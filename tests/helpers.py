@@ -289,3 +289,21 @@ def assert_init_hides_swapped_blocks(tmp_path, monkeypatch, recipe, arch, swap, 
     assert parity["features"]["stage1"]["max_rel"] > 10 * tolerance, parity
     assert not parity["passed"]
 
+
+
+def user_recipes_env(tmp_path, variants, module_name, module_source):
+    """Env for a subprocess that sees a user recipe (ZOO_RECIPE_PATH) with `variants` — ResNet
+    builds mapped by recipes/resnet.yaml's plain rules — and a Python module (PYTHONPATH) that
+    `python:` sources of those variants can name."""
+    import yaml
+
+    data = yaml.safe_load((ROOT / "recipes" / "resnet.yaml").read_text())
+    data["mapping"] = [{k: v for k, v in r.items() if k != "skip"} for r in data["mapping"]
+                       if "only" not in r]
+    data["variants"] = variants
+    d = tmp_path / "recipes"
+    d.mkdir()
+    (d / "user.yaml").write_text(yaml.safe_dump(data))
+    (tmp_path / f"{module_name}.py").write_text(module_source)
+    return {"ZOO_RECIPE_PATH": str(d),
+            "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}

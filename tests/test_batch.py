@@ -1,11 +1,9 @@
 """scripts/convert_all.py: worker per model, failures reported and survived, resume, shards."""
 import json
-import os
 
 import pytest
-import yaml
 
-from helpers import ROOT, SMALL, run_script
+from helpers import SMALL, run_script, user_recipes_env
 from zoo import catalog
 from zoo.batch import BatchError, select
 
@@ -19,20 +17,11 @@ def make(**kwargs):
 @pytest.fixture
 def extra_recipes(tmp_path):
     """One variant with a wrong builder (mapping fails) and one whose worker dies."""
-    data = yaml.safe_load((ROOT / "recipes" / "resnet.yaml").read_text())
-    data["mapping"] = [r for r in data["mapping"] if "only" not in r]
-    for r in data["mapping"]:
-        r.pop("skip", None)
-    broken = dict(data["variants"]["timm/resnet18"])
-    broken["keras"] = {"builder": "resnet", "kwargs": {"block": "basic", "depths": [2, 2, 2, 1]}}
+    broken = {"torch": {"source": "timm:resnet18"},
+              "keras": {"builder": "resnet", "kwargs": {"block": "basic", "depths": [2, 2, 2, 1]}}}
     crash = {"torch": {"source": "python:crashmod:make"}, "keras": broken["keras"]}
-    data["variants"] = {"test/broken": broken, "test/crash": crash}
-    d = tmp_path / "recipes"
-    d.mkdir()
-    (d / "broken.yaml").write_text(yaml.safe_dump(data))
-    (tmp_path / "crashmod.py").write_text(CRASHING_MODULE)
-    return {"ZOO_RECIPE_PATH": str(d),
-            "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    return user_recipes_env(tmp_path, {"test/broken": broken, "test/crash": crash}, "crashmod",
+                            CRASHING_MODULE)
 
 
 def test_batch_survives_failures_and_resumes(tmp_path, extra_recipes):

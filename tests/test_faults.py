@@ -3,13 +3,11 @@
 each: nothing incomplete looks complete, no debris, the index agrees with the disk, and a
 `--resume` run finishes the job."""
 import json
-import os
 import signal
 
 import pytest
-import yaml
 
-from helpers import ROOT, run_script
+from helpers import run_script, user_recipes_env
 
 NAME = "timm/resnet18"
 SIZE = 32   # the smallest input every stage of ResNet-18 still sees (1x1 at stage 4)
@@ -130,19 +128,11 @@ def small_disk(**kw):
 
 @pytest.fixture
 def faulty(tmp_path):
-    data = yaml.safe_load((ROOT / "recipes" / "resnet.yaml").read_text())
-    data["mapping"] = [r for r in data["mapping"] if "only" not in r]
-    for r in data["mapping"]:
-        r.pop("skip", None)
     keras = {"builder": "resnet", "kwargs": {"block": "basic", "depths": [2, 2, 2, 2]}}
-    data["variants"] = {f"fault/{f}": {"torch": {"source": f"python:faultymod:{f}"}, "keras": keras}
-                        for f in ("abort", "segfault", "out_of_memory", "hang", "small_disk")}
-    d = tmp_path / "recipes"
-    d.mkdir()
-    (d / "faults.yaml").write_text(yaml.safe_dump(data))
-    (tmp_path / "faultymod.py").write_text(FAULTY_MODULE)
-    return {"ZOO_RECIPE_PATH": str(d),
-            "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    return user_recipes_env(tmp_path, {
+        f"fault/{f}": {"torch": {"source": f"python:faultymod:{f}"}, "keras": keras}
+        for f in ("abort", "segfault", "out_of_memory", "hang", "small_disk")},
+        "faultymod", FAULTY_MODULE)
 
 
 def test_failing_workers_are_reported_and_the_rest_complete(tmp_path, faulty):
