@@ -19,8 +19,9 @@ def pytest_configure(config):
 
 
 def _describe(item) -> str:
-    doc = (getattr(item.function, "__doc__", None) or "").strip().splitlines()
-    text = doc[0].rstrip(".") if doc else item.function.__name__[len("test_"):].replace("_", " ")
+    doc = (getattr(item.function, "__doc__", None) or "").strip().split("\n\n")[0]
+    first = " ".join(doc.split()).split(". ")[0].rstrip(".")   # the docstring's first sentence
+    text = first or item.function.__name__[len("test_"):].replace("_", " ")
     case = getattr(item, "callspec", None)
     return text + (f" — `{case.id}`" if case else "")
 

@@ -141,7 +141,8 @@ def test_convnext_atto_draft_converts(recipe_dir):
     assert draft.complete, draft.summary()
     _write(draft, recipe_dir, "convnext_atto")
     rules = yaml.safe_load(draft.text)["mapping"]
-    # timm's stages are 0-based, the Keras ones 1-based: a template cannot add 1, so per stage
+    # timm's stages are 0-based, the Keras ones 1-based: the draft writes one rule per stage
+    # (recipes/convnext.yaml says it once with `{g1+1}`; the draft does not generalise to that)
     assert {"torch": r"stages\.1\.blocks\.(\d+)\.conv_dw", "keras": "stage2_block{1}_conv_dw",
             "transform": "depthwise"} in rules
     assert {"torch": r"stages\.2\.blocks\.(\d+)", "keras": "stage3_block{1}_ls",

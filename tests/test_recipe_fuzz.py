@@ -85,7 +85,7 @@ def test_arbitrary_text(tmp_path, record_property, text):
     _load(tmp_path, text, record_property)
 
 
-@FUZZ
+@settings(FUZZ, max_examples=25)   # each example parses thousands of levels: the slow part
 @given(st.sampled_from(["[", "{a: ", "- "]), st.integers(50, 20000))
 def test_deep_nesting(tmp_path, record_property, opener, depth):
     _load(tmp_path, opener * depth, record_property)

@@ -174,7 +174,7 @@ def test_directory_as_weights_says_so(tmp_path):
 
 # ------------------------------------------------------------------ 9. command-line values
 
-@pytest.mark.parametrize("args, problem", [
+CLI_CASES = [
     (["--num-classes", "0"], "--num-classes must be a whole number >= 1, got 0"),
     (["--num-classes", "-3"], "--num-classes must be a whole number >= 1, got -3"),
     (["--in-chans", "0"], "--in-chans must be"),
@@ -183,8 +183,12 @@ def test_directory_as_weights_says_so(tmp_path):
     (["--input-size", "0"], "--input-size must be a whole number >= 1, got 0"),
     (["--input-size", "2.5"], "--input-size must be a whole number >= 1, got '2.5'"),
     (["--out", "FILE"], "exists and is not a directory"),
-])
+]
+
+
+@pytest.mark.parametrize("args, problem", CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])
 def test_cli_values_are_one_line_errors_with_exit_2(args, problem, tmp_path, capsys):
+    """Bad command-line values are one line and exit 2 (they were raw tracebacks, exit 1)."""
     import importlib.util
 
     from helpers import ROOT
@@ -205,8 +209,9 @@ def test_cli_values_are_one_line_errors_with_exit_2(args, problem, tmp_path, cap
 
 
 @pytest.mark.parametrize("kwargs", [{"num_classes": 0}, {"in_chans": -1}, {"input_size": 0},
-                                    {"input_size": 2.5}, {"num_classes": True}])
+                                    {"input_size": 2.5}, {"num_classes": True}], ids=repr)
 def test_api_values_are_checked_before_any_work(kwargs):
+    """Out-of-range API values are refused before any work (0 used to mean 'the default')."""
     with pytest.raises(zoo.ZooError, match="must be a whole number >= 1"):
         zoo.convert("torchvision/resnet18", **kwargs)
 

@@ -9,8 +9,8 @@ reviewable against the printed torch model, a float formula is not.
 
 Layer names: `stem_conv/bn`, `stage<s>_block<b>_{conv1,bn1,conv2,bn2,se_fc1,se_fc2,conv3,bn3,
 down_conv,down_bn}`, `predictions`. Block numbering follows the source (`first_block_index`):
-timm numbers blocks from 1 (`s1.b1`, as pycls does), torchvision from 0 (`block1-0`); a mapping
-template can copy an index but not add one to it, so the Keras names carry the source's own index.
+timm numbers blocks from 1 (`s1.b1`, as pycls does), torchvision from 0 (`block1-0`); the Keras
+names carry the source's own index, so both recipes copy it unchanged.
 """
 from __future__ import annotations
 

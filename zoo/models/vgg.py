@@ -3,8 +3,8 @@
 
 Layer names are the targets of recipes/vgg.yaml. Convs and BatchNorms are named after their index
 in torchvision's `features` Sequential (`features.3` -> `conv3`, `features.4` -> `bn4`): that
-index depends on the configuration and on `batch_norm`, and a mapping template cannot compute a
-stage/block number from it, so the index itself is the stable name.
+index depends on the configuration and on `batch_norm`, and turning it into a stage/block number
+would need a table per configuration, so the index itself is the stable name.
 """
 from __future__ import annotations
 
