@@ -16,7 +16,8 @@ serves both; the builder arguments cover what really differs between the two sou
 Blocks are numbered flat, `block<k>`, like keras.applications' MobileNets and like torchvision's
 `features.<k>` (features.0 is the stem), so the torchvision rules are generic; timm's nested
 `blocks.<stage>.<index>` is turned into the flat number by a template with a table of each
-stage's first block (`{first[g1]+g2}`, docs/recipe-format.md). Sub-layers carry timm's names: conv_pw, bn1, conv_dw, bn2, conv_reduce/conv_expand
+stage's first block (`{first[g1]+g2}`, docs/recipe-format.md). Sub-layers carry timm's names:
+conv_pw, bn1, conv_dw, bn2, conv_reduce/conv_expand
 (squeeze-excite), conv_pwl, bn3 (depthwise-separable first block: conv_dw, bn1, conv_pw, bn2).
 The end of each timm stage is marked `stage<i>`.
 """
