@@ -233,8 +233,9 @@ def load_index(refresh: bool = True) -> dict:
         try:
             _fetch(f"{base_url()}/index.json", tmp, progress_desc="index.json",
                    max_bytes=MAX_INDEX_BYTES)
-            _read_index(tmp)
+            fresh = _read_index(tmp)
             os.replace(tmp, cached)
+            return fresh          # validated already: no second read of the cached copy
         except DownloadError as e:
             tmp.unlink(missing_ok=True)
             if not cached.exists():
