@@ -1,65 +1,8 @@
 #!/usr/bin/env python
-"""Convert one catalogue model: python scripts/convert.py NAME [--weights random|pretrained|PATH]
-[--num-classes N] [--in-chans C] [--out DIR] [--input-size S]"""
-import argparse
-import os
+"""Kept so `python scripts/convert.py ...` works as before; the code is zoo/cli/convert.py."""
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import zoo.conversion.torch_first  # noqa: E402,F401 - torch before tensorflow
-from zoo.arguments import cli, output_root, positive_int  # noqa: E402
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("name", help="catalogue name, e.g. timm/resnet50 or timm/resnet50.a1_in1k")
-    p.add_argument("--weights", default="random",
-                   help="random (perturbed, for parity testing), pretrained, or a checkpoint path "
-                        "(.pth/.pt/.bin/.safetensors)")
-    p.add_argument("--num-classes", type=cli(positive_int, "--num-classes"),
-                   help="classifier size of a fine-tuned checkpoint")
-    p.add_argument("--in-chans", type=cli(positive_int, "--in-chans"),
-                   help="input channels of a fine-tuned checkpoint")
-    p.add_argument("--out", default="outputs", type=cli(output_root, "--out"),
-                   help="output root (model goes to OUT/NAME/)")
-    p.add_argument("--input-size", type=cli(positive_int, "--input-size"),
-                   help="validation resolution (default: the recipe's)")
-    args = p.parse_args(argv)
-
-    from tqdm import tqdm
-
-    from zoo.conversion.pipeline import STAGES, convert
-    from zoo.errors import ValidationError, ZooError
-
-    bar = tqdm(total=len(STAGES), desc=args.name, unit="stage")
-
-    def progress(stage):
-        bar.set_postfix_str(stage)
-        bar.n = STAGES.index(stage)
-        bar.refresh()
-
-    try:
-        _model, report = convert(args.name, weights=args.weights, num_classes=args.num_classes,
-                                 in_chans=args.in_chans, out_dir=args.out,
-                                 input_size=args.input_size, progress=progress)
-    except ValidationError as e:
-        bar.close()
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except ZooError as e:
-        bar.close()
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    bar.n = len(STAGES)
-    bar.close()
-    for w in report["warnings"]:
-        print(f"WARNING: {w}", file=sys.stderr)
-    for fmt, par in report["parity"].items():
-        print(f"{fmt:12s} max rel {par['max_rel']:.2e}  top-1 {par['logits']['top1']:.3f}  "
-              f"{'ok' if par['passed'] else 'FAILED'}")
-    print(f"wrote {report['output_dir']}")
-    return 0
-
+from zoo.cli.convert import main
 
 if __name__ == "__main__":
     sys.exit(main())

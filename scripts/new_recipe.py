@@ -1,62 +1,8 @@
 #!/usr/bin/env python
-"""Draft a recipe: align a PyTorch model's state_dict with a Keras model's variables:
-python scripts/new_recipe.py SOURCE KERAS_BUILDER [--builder-kwargs JSON] [--source-kwargs JSON]
-[--name CATALOGUE_NAME] [--out recipes/NAME.yaml] [--force]
-Exit code 0 if every tensor and variable was matched, 1 if anything is unmatched (listed at the
-end of the draft), 2 on bad input."""
-import argparse
-import json
-import os
+"""Kept so `python scripts/new_recipe.py ...` works as before; the code is zoo/cli/new_recipe.py."""
 import sys
-from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import zoo.conversion.torch_first  # noqa: E402,F401 - torch before tensorflow
-
-ROOT = Path(__file__).resolve().parent.parent
-from zoo.arguments import cli, positive_int  # noqa: E402
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("source", help="timm:<name> | torchvision:<builder> | python:<module>:<callable>")
-    p.add_argument("builder", help="a Keras builder of zoo.models.BUILDERS, or python:<module>:<callable>")
-    p.add_argument("--builder-kwargs", default="{}", help="JSON kwargs for the Keras builder")
-    p.add_argument("--source-kwargs", default="{}", help="JSON kwargs for the PyTorch factory")
-    p.add_argument("--name", help="catalogue name of the draft variant (default: draft/<arch>)")
-    p.add_argument("--out", help="where to write the draft (default: recipes/<source>_<arch>.yaml; "
-                                 "'-': stdout only)")
-    p.add_argument("--input-size", type=cli(positive_int, "--input-size"), default=224,
-                   help="size of the forward pass that gives the torch execution order")
-    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-    args = p.parse_args(argv)
-
-    from zoo.conversion.draft import default_name, draft_recipe
-    from zoo.errors import ZooError
-
-    try:
-        builder_kwargs, source_kwargs = json.loads(args.builder_kwargs), json.loads(args.source_kwargs)
-        if not (isinstance(builder_kwargs, dict) and isinstance(source_kwargs, dict)):
-            raise ValueError("--builder-kwargs and --source-kwargs must be JSON objects")
-        name = args.name or default_name(args.source)
-        out = None if args.out == "-" else Path(args.out or ROOT / "recipes" /
-                                                 f"{name.replace('/', '_')}.yaml")
-        if out is not None and out.exists() and not args.force:
-            raise ValueError(f"{out} exists (pass --force to overwrite it)")
-        draft = draft_recipe(args.source, args.builder, builder_kwargs, source_kwargs, name,
-                             trace_size=args.input_size)
-    except (ValueError, ZooError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if out is None:
-        sys.stdout.write(draft.text)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(draft.text)
-    print(draft.summary() + (f"\nwrote {out}" if out is not None else ""),
-          file=sys.stderr if out is None else sys.stdout)
-    return 0 if draft.complete else 1
-
+from zoo.cli.new_recipe import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,88 @@
+"""Rewrite the README's generated sections: the catalogue table from the catalogue and the last
+convert_all.py run (OUT/index.json), and "What we test against" from the last test run
+(outputs/robustness.json, written by tests/robustness.py):
+python scripts/update_readme.py [--out outputs] [--readme README.md]"""
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]   # the checkout (zoo/cli/ -> zoo/ -> root)
+START, END = "<!-- catalogue:start -->", "<!-- catalogue:end -->"
+ROBUST_START, ROBUST_END = "<!-- robustness:start -->", "<!-- robustness:end -->"
+ROBUSTNESS = ROOT / "outputs" / "robustness.json"
+
+
+def table(index: dict) -> str:
+    from zoo.catalog import get_variant, list_models
+
+    rows = ["| model | PyTorch source | Keras builder | weights converted | input | max rel error "
+            "| torch float32 vs float64 | tolerance | top-1 agreement |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name in list_models():
+        v, _ = get_variant(name)
+        r = index.get(name, {})
+        err = f"{r['max_rel']:.1e}" if r.get("max_rel") is not None else "not run"
+        top1 = f"{r['top1']:.3f}" if r.get("top1") is not None else "-"
+        status = r.get("status", "not run")
+        weights = r.get("weights") or "-"
+        if status not in ("passed", "up to date"):
+            err = status
+        size = r.get("input_size") or v.input_size
+        tol = r.get("tolerance") or v.tolerance
+        floor = f"{r['torch_float32_error']:.1e}" if r.get("torch_float32_error") else "-"
+        rows.append(f"| `{name}` | `{v.source}` | `{v.builder}` | {weights} | {size} | {err} "
+                    f"| {floor} | {tol:.0e} | {top1} |")
+    return "\n".join(rows)
+
+
+def robustness(results: dict) -> str:
+    """One table per category: what was tried and how it ended, as the tests recorded it."""
+    if not results:
+        return "_No results yet: run the test suite, then this script._"
+    lines = []
+    by_cat: dict[str, list] = {}
+    for r in results.values():
+        by_cat.setdefault(r["category"], []).append(r)
+    for cat in sorted(by_cat):
+        rows = sorted(by_cat[cat], key=lambda r: r["test"])
+        passed = sum(r["outcome"] == "passed" for r in rows)
+        lines += [f"**{cat}** ({passed}/{len(rows)} cases pass)", "",
+                  "| what was tried | outcome | test |", "|---|---|---|"]
+        for r in rows:
+            ex = r.get("examples")
+            outcome = r["outcome"] + (" — " + ", ".join(f"{n} × {o}" for o, n in ex.items())
+                                      if ex else "")
+            what = r["what"].replace("|", "\\|")
+            lines.append(f"| {what} | {outcome} | `{r['test'].split('[')[0]}` |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def _replace(text, start, end, body):
+    if start not in text or end not in text:
+        raise SystemExit(f"README.md lacks the {start} / {end} markers")
+    return re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _m: f"{start}\n{body}\n{end}",
+                  text, flags=re.S)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="outputs")
+    p.add_argument("--readme", default=str(ROOT / "README.md"), help="file to rewrite")
+    args = p.parse_args(argv)
+    index_path = Path(args.out) / "index.json"
+    index = json.loads(index_path.read_text())["models"] if index_path.is_file() else {}
+    readme = Path(args.readme)
+    text = _replace(readme.read_text(), START, END, table(index))
+    results = json.loads(ROBUSTNESS.read_text()) if ROBUSTNESS.is_file() else {}
+    text = _replace(text, ROBUST_START, ROBUST_END, robustness(results))
+    readme.write_text(text)
+    print(f"updated the catalogue table from {index_path} and 'What we test against' from "
+          f"{ROBUSTNESS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
