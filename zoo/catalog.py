@@ -1,8 +1,9 @@
 """Catalogue: names -> recipe variants. Names are `timm/<arch>` or `torchvision/<builder>`,
 optionally followed by `.<weight tag>` (e.g. `timm/resnet50.a1_in1k`).
 
-Recipes come from the repository's `recipes/` folder plus any folders listed in the
-`ZOO_RECIPE_PATH` environment variable (os.pathsep-separated), so users can add their own.
+Recipes come from the built-in ones (the repository's top-level `recipes/` folder, shipped as the
+package data `zoo.recipes`) plus any folders listed in the `ZOO_RECIPE_PATH` environment variable
+(os.pathsep-separated), so users can add their own.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import fnmatch
 import functools
 import os
 import warnings
+from importlib import resources
 from pathlib import Path
 
 from zoo import names
@@ -18,12 +20,32 @@ from zoo.errors import RecipeError, UnknownModelError
 from zoo.names import InvalidNameError, parse_name
 from zoo.recipe import Recipe, Variant, load_recipe
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+# Where the recipes are in a checkout used without installing (zoo/ next to recipes/).
+CHECKOUT_RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+@functools.cache
+def builtin_recipe_dir() -> Path:
+    """The folder of the built-in recipes. Installed (wheel or editable install), they are the
+    package data `zoo.recipes`, which pyproject.toml maps from the top-level `recipes/` folder; a
+    checkout that was never installed (or installed before that mapping existed) has no such
+    package, and its `recipes/` folder sits next to `zoo/`."""
+    try:
+        folder = resources.files("zoo.recipes")
+    except ModuleNotFoundError:
+        return CHECKOUT_RECIPES_DIR
+    # A namespace package (no __init__.py) gives a MultiplexedPath over its one folder; its
+    # entries are plain paths (pip installs wheels unzipped), which load_recipe needs.
+    yaml = next((p for p in folder.iterdir() if p.name.endswith(".yaml")), None)
+    return Path(yaml).parent if yaml is not None else CHECKOUT_RECIPES_DIR
+
+
+def user_recipe_dirs() -> list[Path]:
+    return [Path(p) for p in os.environ.get("ZOO_RECIPE_PATH", "").split(os.pathsep) if p]
 
 
 def recipe_dirs() -> list[Path]:
-    extra = [Path(p) for p in os.environ.get("ZOO_RECIPE_PATH", "").split(os.pathsep) if p]
-    return [RECIPES_DIR, *extra]
+    return [builtin_recipe_dir(), *user_recipe_dirs()]
 
 
 class RecipeWarning(UserWarning):
@@ -32,9 +54,10 @@ class RecipeWarning(UserWarning):
 
 @functools.lru_cache(maxsize=8)
 def _load(dirs: tuple[Path, ...]) -> tuple[dict[str, Variant], tuple[Recipe, ...]]:
+    """dirs[0] is the built-in folder, the others are the user's."""
     variants: dict[str, Variant] = {}
     recipes = []
-    for d in dirs:
+    for i, d in enumerate(dirs):
         for path in sorted(Path(d).glob("*.yaml")):
             try:
                 recipe = load_recipe(path)
@@ -43,7 +66,7 @@ def _load(dirs: tuple[Path, ...]) -> tuple[dict[str, Variant], tuple[Recipe, ...
                     raise RecipeError(f"{path}: variant {clash[0]!r} is already defined in "
                                       f"{variants[clash[0]].recipe.path}")
             except RecipeError as e:
-                if d == RECIPES_DIR:   # the built-in catalogue must load: that is our bug
+                if i == 0:   # the built-in catalogue must load: that is our bug
                     raise
                 # One user's broken recipe must not take the catalogue down for everyone.
                 warnings.warn(f"skipped user recipe: {e}", RecipeWarning, stacklevel=3)

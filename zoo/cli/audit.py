@@ -18,7 +18,9 @@ def main(argv=None):
     p.add_argument("--json", metavar="PATH", help="also write the result as JSON ('-': stdout only)")
     args = p.parse_args(argv)
 
-    import zoo.conversion.torch_first  # noqa: F401
+    from zoo.cli import require_convert_extra
+    require_convert_extra()
+    import zoo.conversion.torch_first  # noqa: F401 - torch before anything imports tensorflow
     from zoo.conversion.audit import audit_module, format_table
     from zoo.conversion.sources import build_source
     from zoo.errors import ZooError

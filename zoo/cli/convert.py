@@ -5,8 +5,8 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import zoo.conversion.torch_first  # noqa: E402,F401 - torch before tensorflow
 from zoo.arguments import cli, output_root, positive_int  # noqa: E402
+from zoo.cli import require_convert_extra  # noqa: E402
 
 
 def main(argv=None):
@@ -25,8 +25,10 @@ def main(argv=None):
                    help="validation resolution (default: the recipe's)")
     args = p.parse_args(argv)
 
+    require_convert_extra()
     from tqdm import tqdm
 
+    import zoo.conversion.torch_first  # noqa: F401 - torch before anything imports tensorflow
     from zoo.conversion.pipeline import STAGES, convert
     from zoo.errors import ValidationError, ZooError
 

@@ -7,8 +7,8 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import zoo.conversion.torch_first  # noqa: E402,F401 - torch before tensorflow
 from zoo.arguments import cli, positive_int  # noqa: E402
+from zoo.cli import require_convert_extra  # noqa: E402
 
 
 def main(argv=None):
@@ -21,6 +21,8 @@ def main(argv=None):
     p.add_argument("--json", metavar="PATH", help="also write the table as JSON")
     args = p.parse_args(argv)
 
+    require_convert_extra()
+    import zoo.conversion.torch_first  # noqa: F401 - torch before anything imports tensorflow
     from zoo.conversion.diff import diff_layers, format_diff
     from zoo.errors import ZooError
     try:

@@ -10,10 +10,8 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import zoo.conversion.torch_first  # noqa: E402,F401 - torch before tensorflow
-
-ROOT = Path(__file__).resolve().parents[2]   # the checkout (zoo/cli/ -> zoo/ -> root)
 from zoo.arguments import cli, positive_int  # noqa: E402
+from zoo.cli import require_convert_extra  # noqa: E402
 
 
 def main(argv=None):
@@ -23,13 +21,16 @@ def main(argv=None):
     p.add_argument("--builder-kwargs", default="{}", help="JSON kwargs for the Keras builder")
     p.add_argument("--source-kwargs", default="{}", help="JSON kwargs for the PyTorch factory")
     p.add_argument("--name", help="catalogue name of the draft variant (default: draft/<arch>)")
-    p.add_argument("--out", help="where to write the draft (default: recipes/<source>_<arch>.yaml; "
-                                 "'-': stdout only)")
+    p.add_argument("--out", help="where to write the draft (default: ./recipes/<source>_<arch>.yaml, "
+                                 "in the current folder, never in the installed package; '-': "
+                                 "stdout only)")
     p.add_argument("--input-size", type=cli(positive_int, "--input-size"), default=224,
                    help="size of the forward pass that gives the torch execution order")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     args = p.parse_args(argv)
 
+    require_convert_extra()
+    import zoo.conversion.torch_first  # noqa: F401 - torch before anything imports tensorflow
     from zoo.conversion.draft import default_name, draft_recipe
     from zoo.errors import ZooError
 
@@ -38,7 +39,7 @@ def main(argv=None):
         if not (isinstance(builder_kwargs, dict) and isinstance(source_kwargs, dict)):
             raise ValueError("--builder-kwargs and --source-kwargs must be JSON objects")
         name = args.name or default_name(args.source)
-        out = None if args.out == "-" else Path(args.out or ROOT / "recipes" /
+        out = None if args.out == "-" else Path(args.out or Path("recipes") /
                                                  f"{name.replace('/', '_')}.yaml")
         if out is not None and out.exists() and not args.force:
             raise ValueError(f"{out} exists (pass --force to overwrite it)")
