@@ -191,10 +191,11 @@ def pipeline_parity(name):
     """What zoo.convert measures at SMALL, on a model prepared by the pipeline (without its
     layer-by-layer diagnosis of a failure): builders monkeypatched by the test apply."""
     from zoo.conversion.pipeline import prepare, torch_outputs
-    from zoo.validate import compare_outputs, keras_outputs, make_inputs
+    from zoo.io_spec import image_batch
+    from zoo.validate import compare_outputs, keras_outputs
 
     variant, tm, _, model, _ = prepare(name)
-    x = make_inputs(SMALL, 3, tm.preprocessing)
+    x = image_batch(SMALL, 3, tm.preprocessing)
     features = dict(variant.features)
     return compare_outputs(torch_outputs(tm.module, x, features),
                            keras_outputs(model, x, list(features.values())), variant.tolerance)
@@ -256,7 +257,7 @@ def assert_plain_linear_breaks_only_the_logits(tmp_path, monkeypatch, recipe, va
     with pytest.raises(zoo.ValidationError) as e:
         zoo.convert(name, input_size=input_size)
     parity = e.value.report["parity"]["in_memory"]
-    assert parity["logits"]["max_rel"] > 1e-1
+    assert parity["outputs"]["logits"]["max_rel"] > 1e-1
     assert all(f["max_rel"] < tolerance for f in parity["features"].values())
 
 

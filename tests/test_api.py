@@ -18,6 +18,7 @@ import numpy as np, keras, zoo
 from zoo.validate import load_golden, validate_files
 d = {str(out_dir)!r}
 inputs, ref = load_golden(d)
+inputs, ref = inputs['image'], ref['outputs']
 import zoo.layers
 k = keras.saving.load_model(d + '/model.keras', safe_mode=True)
 m = zoo.create_model('timm/resnet18', pretrained=d)
@@ -44,7 +45,7 @@ def test_conversion_side_import_orders():
 
 def test_create_model_keras_applications_arguments(converted, monkeypatch, tmp_path):
     out_dir, _ = converted("timm/resnet18")
-    inputs = np.load(out_dir / "golden.npz")["inputs"]
+    inputs = np.load(out_dir / "golden.npz")["input/image"]
     full = zoo.create_model("timm/resnet18", pretrained=out_dir)
     headless = zoo.create_model("timm/resnet18", pretrained=out_dir, include_top=False,
                                 pooling="avg")
@@ -88,14 +89,14 @@ def test_preprocess_normalises_with_the_model_config(converted):
     cfg = json.loads((out_dir / "config.json").read_text())["preprocessing"]
     img = np.empty((300, 400, 3), np.uint8)
     img[...] = (10, 128, 250)
-    x = zoo.preprocess(out_dir, img, size=64)
-    assert x.shape == (1, 64, 64, 3) and x.dtype == np.float32
+    x = np.asarray(zoo.preprocess(out_dir, img, size=64))   # HWC in, HWC out (tf.data.map)
+    assert x.shape == (64, 64, 3) and x.dtype == np.float32
     expected = (np.array([10, 128, 250]) / 255 - np.array(cfg["mean"])) / np.array(cfg["std"])
-    np.testing.assert_allclose(x[0, 32, 32], expected, atol=1e-4)
+    np.testing.assert_allclose(x[32, 32], expected, atol=1e-4)
     # centre crop: a left-half/right-half split image keeps its boundary in the middle
     img[:, :200] = 0
-    x = zoo.preprocess(out_dir, img, size=64)
-    assert x[0, 32, 5, 0] < x[0, 32, 58, 0]
+    x = np.asarray(zoo.preprocess(out_dir, img[None], size=64))
+    assert x.shape == (1, 64, 64, 3) and x[0, 32, 5, 0] < x[0, 32, 58, 0]
     with pytest.raises(zoo.ZooError, match="HWC or NHWC"):
         zoo.preprocess(out_dir, np.zeros((4, 4)))
 
@@ -108,7 +109,7 @@ def test_validate_all_detects_a_tampered_model(converted, tmp_path):
     shutil.copytree(out_dir, dst)
     with np.load(dst / "golden.npz") as z:
         arrays = dict(z)
-    arrays["logits"] = arrays["logits"] * 1.01
+    arrays["output/logits"] = arrays["output/logits"] * 1.01
     np.savez(dst / "golden.npz", **arrays)
     proc = run_script("validate_all.py", "--out", tmp_path)
     assert proc.returncode == 1 and "FAILED torchvision/resnet18" in proc.stdout + proc.stderr

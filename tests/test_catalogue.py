@@ -99,16 +99,16 @@ def _assert_parity(case, x):
     logits, *feats = eager(case.model, x, names)
     tol = case.variant.tolerance
     errors = {k: rel(got, ref["features"][k]) for k, got in zip(names, feats)}
-    errors["logits"] = rel(logits, ref["logits"])
+    errors["logits"] = rel(logits, ref["outputs"]["logits"])
     assert max(errors.values()) < tol, errors
-    assert (logits.argmax(1) == ref["logits"].argmax(1)).all()
+    assert (logits.argmax(1) == ref["outputs"]["logits"].argmax(1)).all()
 
 
 def test_parity_at_small_size(case):
-    from zoo.validate import make_inputs
+    from zoo.io_spec import image_batch
 
     # noise and smooth image-like inputs, as validation uses
-    _assert_parity(case, make_inputs(case.size, 3, case.variant.preprocessing))
+    _assert_parity(case, image_batch(case.size, 3, case.variant.preprocessing))
 
 
 def test_parity_at_odd_non_square_size(case):

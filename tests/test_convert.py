@@ -28,7 +28,7 @@ def test_smallest_variants_convert_export_and_reload(name, converted):
     assert set(report["parity"]) == {"in_memory", "weights.h5", "keras", "saved_model"}
     for fmt, p in report["parity"].items():
         assert p["passed"] and p["max_rel"] < 1e-5, (fmt, p["max_rel"])
-        assert p["logits"]["top1"] == 1.0
+        assert p["outputs"]["logits"]["top1"] == 1.0
     assert set(report["parity"]["keras"]["features"]) == {"stage1", "stage2", "stage3", "stage4"}
     assert {p.name for p in out_dir.iterdir()} == FILES
     assert not [p for p in out_dir.parent.iterdir() if p.name.startswith(".")], "temp dir left"
@@ -92,8 +92,9 @@ def test_perturbation_exposes_a_mapping_that_default_init_hides(tmp_path, monkey
     import timm
 
     from zoo.conversion.mapping import apply_plan, plan_mapping
+    from zoo.io_spec import image_batch
     from zoo.models import get_builder
-    from zoo.validate import compare, keras_outputs, make_inputs
+    from zoo.validate import compare, keras_outputs
 
     monkeypatch.setenv("ZOO_RECIPE_PATH", str(_swapped_bn_recipe(tmp_path)))
     variant, _ = get_variant("test/resnet18_swapped_bn")
@@ -102,8 +103,8 @@ def test_perturbation_exposes_a_mapping_that_default_init_hides(tmp_path, monkey
     model = get_builder("resnet")(**variant.builder_kwargs)
     state = {k: v.numpy() for k, v in module.state_dict().items()}
     apply_plan(model, plan_mapping(state, model, variant.rules, variant.recipe.ignore))
-    x = make_inputs(SMALL, 3, variant.preprocessing)
-    blind = compare(_torch_nhwc(module, x), keras_outputs(model, x, [])["logits"])
+    x = image_batch(SMALL, 3, variant.preprocessing)
+    blind = compare(_torch_nhwc(module, x), keras_outputs(model, x, [])["outputs"]["logits"])
     assert blind["max_rel"] < 1e-5
     # Perturbed weights (what the pipeline uses): the same mistake fails validation.
     with pytest.raises(zoo.ValidationError) as e:

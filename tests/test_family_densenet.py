@@ -33,7 +33,7 @@ def test_pitfall_dense_concat_order(monkeypatch, torch_model):
     wrong = mapped_onto(name, module)
     parity = validation_parity(name, module, wrong, random_input(), TOL)
     assert parity["features"]["stage1"]["max_rel"] > 1e-1, parity
-    assert parity["logits"]["max_rel"] > 1e-2, parity
+    assert parity["outputs"]["logits"]["max_rel"] > 1e-2, parity
 
 
 def test_pitfall_pre_activation_order(monkeypatch, torch_model):

@@ -31,9 +31,10 @@ def tf_v2_s():
 
 def _parity(module, model, variant, tolerance):
     from zoo.conversion.pipeline import torch_outputs
-    from zoo.validate import compare_outputs, keras_outputs, make_inputs
+    from zoo.io_spec import image_batch
+    from zoo.validate import compare_outputs, keras_outputs
 
-    x = make_inputs(SMALL, 3, variant.preprocessing).astype(np.float64)
+    x = image_batch(SMALL, 3, variant.preprocessing).astype(np.float64)
     feats = dict(variant.features)
     return compare_outputs(torch_outputs(module, x, feats),
                            keras_outputs(model, x, list(feats.values())), tolerance)

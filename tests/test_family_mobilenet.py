@@ -21,8 +21,9 @@ from zoo.catalog import get_variant
 from zoo.conversion.mapping import apply_plan, plan_mapping
 from zoo.conversion.pipeline import torch_outputs
 from zoo.conversion.sources import load_torch_model
+from zoo.io_spec import image_batch
 from zoo.models import get_builder
-from zoo.validate import compare_outputs, keras_outputs, make_inputs
+from zoo.validate import compare_outputs, keras_outputs
 
 
 def _keras2_hard_sigmoid(x):
@@ -64,7 +65,7 @@ def test_timm_large_is_exact_in_float64():
     name = "timm/mobilenetv3_large_100"
     variant, tag = get_variant(name)
     tm = load_torch_model(variant, tag, "random")
-    x = make_inputs(SMALL, 3, tm.preprocessing).astype(np.float64)
+    x = image_batch(SMALL, 3, tm.preprocessing).astype(np.float64)
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
     with torch.no_grad():
         ref = copy.deepcopy(tm.module).double()(xt).numpy()
@@ -93,7 +94,7 @@ def test_pitfall_keras2_hard_sigmoid_breaks_parity(layer_suffix, wrong, converte
     name = "torchvision/mobilenet_v3_small"
     variant, _ = get_variant(name)
     model, _ = converted_small(name)   # altered below, restored after
-    x = make_inputs(SMALL, 3, variant.preprocessing)
+    x = image_batch(SMALL, 3, variant.preprocessing)
     features = dict(variant.features)
     ref = torch_outputs(torch_model(name), x, features)
     swapped = {layer: layer.activation for layer in model.layers

@@ -99,12 +99,12 @@ def test_tolerance_must_be_finite_and_positive(tmp_path, value):
 
 
 def test_nan_outputs_fail_whatever_the_tolerance():
-    ref = {"logits": np.ones((2, 3)), "features": {}}
+    ref = {"outputs": {"logits": np.ones((2, 3))}, "features": {}}
     for bad in (np.nan, np.inf):
-        out = {"logits": np.full((2, 3), bad), "features": {}}
+        out = {"outputs": {"logits": np.full((2, 3), bad)}, "features": {}}
         for tol in (1e-4, 1e30, math.inf):
             assert not compare_outputs(ref, out, tol)["passed"], (bad, tol)
-    nan_ref = {"logits": np.full((2, 3), np.nan), "features": {}}
+    nan_ref = {"outputs": {"logits": np.full((2, 3), np.nan)}, "features": {}}
     assert not compare_outputs(nan_ref, nan_ref, math.inf)["passed"]
 
 

@@ -33,6 +33,7 @@ from zoo.export import (
     write_json,
     write_text,
 )
+from zoo.validate import output_summary
 from zoo.versions import library_versions
 
 
@@ -117,10 +118,10 @@ def _summary_row(name, result) -> dict:
     report = result.get("report") or {}
     parity = report.get("parity") or {}
     worst = max((p.get("max_rel", 0.0) for p in parity.values()), default=None)
-    top1 = min((p["logits"].get("top1", 1.0) for p in parity.values() if "logits" in p),
-               default=None)
+    per_output = output_summary(parity)
     return {"status": result["status"], "weights": (report.get("weights") or {}).get("source"),
-            "max_rel": worst, "top1": top1, "input_size": report.get("input_size"),
+            "max_rel": worst, "top1": per_output["top1"], "outputs": per_output["max_rel"],
+            "input_size": report.get("input_size"), "inputs": report.get("inputs"),
             "tolerance": report.get("tolerance"),
             "torch_float32_error": (report.get("torch_float32_vs_float64") or {}).get("max_rel"),
             "seconds": result.get("seconds"),
@@ -132,6 +133,15 @@ def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
+def parity_cell(worst, per_output) -> str:
+    """The worst max rel error; with several outputs, each output's too (by name)."""
+    if worst is None:
+        return "-"
+    if not per_output or len(per_output) < 2:
+        return format(worst, ".2e")
+    return f"{worst:.2e} (" + ", ".join(f"{k} {v:.1e}" for k, v in per_output.items()) + ")"
+
+
 def summary_table(rows: dict) -> str:
     lines = ["| model | status | weights | max rel error | top-1 agreement | seconds |",
              "|---|---|---|---|---|---|"]
@@ -139,7 +149,7 @@ def summary_table(rows: dict) -> str:
         r = rows[name]
         status = r["status"] + (f" ({r['error']})" if r.get("error") else "")
         lines.append(f"| {name} | {status} | {r.get('weights') or '-'} | "
-                     f"{_fmt(r.get('max_rel'), '.2e')} | {_fmt(r.get('top1'), '.3f')} | "
+                     f"{parity_cell(r.get('max_rel'), r.get('outputs'))} | {_fmt(r.get('top1'), '.3f')} | "
                      f"{_fmt(r.get('seconds'), '.1f')} |")
     return "\n".join(lines) + "\n"
 

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from zoo.errors import RecipeError
+from zoo.io_spec import DEFAULT_OUTPUTS, default_inputs, parse_inputs, parse_outputs
 from zoo.names import VARIANT_NAME
 from zoo.safe_regex import backtracking_problem
 from zoo.templates import TemplateError, check_template, parse_template
@@ -33,9 +34,10 @@ DEFAULT_PREPROCESSING = {
 }
 
 _FAMILY_KEYS = {"family", "description", "license", "input_size", "preprocessing", "tolerance",
-                "classifier", "features", "ignore", "tables", "mapping", "variants"}
+                "classifier", "features", "ignore", "tables", "mapping", "variants", "inputs",
+                "outputs"}
 _VARIANT_KEYS = {"torch", "keras", "license", "input_size", "preprocessing", "tolerance", "features",
-                 "tables"}
+                 "tables", "inputs", "outputs"}
 _RULE_KEYS = {"torch", "keras", "transform", "args", "only", "skip", "module_type", "note"}
 _PREPROC_KEYS = set(DEFAULT_PREPROCESSING)
 
@@ -81,6 +83,32 @@ class Variant:
         return self.source.split(":", 1)[0]
 
     tables: dict = field(default_factory=dict)   # name -> list or mapping, for templates
+    inputs: tuple | None = None    # declared InputSpecs (None: one image input)
+    outputs: tuple | None = None   # declared OutputSpecs (None: one classification `logits`)
+
+    def input_specs(self, in_chans: int | None = None) -> tuple:
+        """The declared inputs, or the default image input with `in_chans` channels. in_chans
+        changes the channels of a declared image input (the first one)."""
+        if self.inputs is None:
+            return default_inputs(in_chans or 3)
+        if in_chans is None:
+            return self.inputs
+        images = [i for i, s in enumerate(self.inputs) if s.layout == "image"]
+        if not images:
+            raise RecipeError(f"{self.name}: in_chans sets the channels of an image input; the "
+                              f"recipe declares no image input ({[s.name for s in self.inputs]})")
+        first = self.inputs[images[0]]
+        specs = list(self.inputs)
+        specs[images[0]] = dataclasses.replace(first, shape=(in_chans, *first.shape[1:]))
+        return tuple(specs)
+
+    def output_specs(self) -> tuple:
+        return DEFAULT_OUTPUTS if self.outputs is None else self.outputs
+
+    @property
+    def classifies(self) -> bool:
+        """Whether the model has a classification output (then num_classes means something)."""
+        return any(s.metric == "classification" for s in self.output_specs())
 
     @property
     def rules(self) -> list[Rule]:
@@ -100,6 +128,11 @@ class Variant:
             "mapping": [(r.torch.pattern, r.keras, r.transform, r.args, r.module_type)
                         + ((r.tables,) if r.tables else ()) for r in self.rules],
         }
+        # only when declared: the image classifiers' fingerprints (and --resume) stay as they were
+        if self.inputs is not None:
+            payload["inputs"] = [s.to_json() for s in self.inputs]
+        if self.outputs is not None:
+            payload["outputs"] = [s.to_json() for s in self.outputs]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -229,6 +262,16 @@ def _features(path, where, features):
     return [tuple(f) for f in features]
 
 
+def _io(path, where, kind, data):
+    """`inputs:` / `outputs:` (zoo/io_spec.py); None when not declared."""
+    if data is None:
+        return None
+    try:
+        return (parse_inputs if kind == "inputs" else parse_outputs)(data, where)
+    except ValueError as e:   # the message names the entry (where) already
+        raise RecipeError(f"{path}: {e}") from None
+
+
 def _scalar(x) -> bool:
     return isinstance(x, (int, str)) and not isinstance(x, bool)
 
@@ -306,6 +349,7 @@ def _parse_recipe(path: Path) -> Recipe:
 
     features = _features(path, "features", data.get("features") or [])
     tables = _tables(path, "tables", data.get("tables"))
+    base_io = {k: _io(path, k, k, data.get(k)) for k in ("inputs", "outputs")}
     if not isinstance(data.get("ignore") or [], list):
         _fail(path, "ignore", "expected a list of regular expressions")
     ignore = [_regex(path, f"ignore #{i}", p) for i, p in enumerate(data.get("ignore") or [])]
@@ -345,6 +389,8 @@ def _parse_recipe(path: Path) -> Recipe:
             features=_features(path, f"{where}.features", v["features"]) if "features" in v
             else features,
             tables=dict(tables, **_tables(path, f"{where}.tables", v.get("tables"))),
+            **{k: _io(path, f"{where}.{k}", k, v[k]) if k in v else base_io[k]
+               for k in ("inputs", "outputs")},
             recipe=recipe)
     for r in rules:
         for g in r.only + r.skip:

@@ -159,6 +159,11 @@ register(Transform("linear_after_flatten",
                    "Linear that follows a flatten of NCHW (C, H, W) features: rows reordered to "
                    "the NHWC flatten order (H, W, C). args: chw: [C, H, W].",
                    required_args=("chw",)))
+register(Transform("mha_in_proj", {"in_proj_weight": ("kernel", _linear_kernel),
+                                   "in_proj_bias": _BIAS},
+                   "nn.MultiheadAttention's packed in_proj_weight (3E, E) / in_proj_bias -> one "
+                   "Dense (E, 3E) whose features are (q|k|v, heads, head_dim), the layout "
+                   "zoo.layers.attention.FusedQKVAttention splits (timm's fused qkv Linear too)."))
 register(Transform("batchnorm", {"weight": ("gamma", _same), "bias": ("beta", _same),
                                  "running_mean": ("moving_mean", _same),
                                  "running_var": ("moving_variance", _same)},

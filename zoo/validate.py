@@ -7,29 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from zoo.errors import ZooError
+from zoo.io_spec import DEFAULT_OUTPUTS, from_config
+
 GOLDEN = "golden.npz"
-
-
-def make_inputs(size: int, in_chans: int, preprocessing: dict, seed: int = 0) -> np.ndarray:
-    """Fixed NHWC batch: two N(0, 1) images and two smooth, image-like ones, normalised with the
-    model's mean/std (random noise alone misses errors that only show on natural statistics)."""
-    rng = np.random.default_rng(seed)
-    noise = rng.standard_normal((2, size, size, in_chans)).astype(np.float32)
-    yy, xx = np.meshgrid(np.linspace(0, 1, size), np.linspace(0, 1, size), indexing="ij")
-    smooth = []
-    for k in range(2):
-        chans = []
-        for _ in range(in_chans):
-            f1, f2, ph = rng.uniform(0.5, 3.0), rng.uniform(0.5, 3.0), rng.uniform(0, 2 * np.pi)
-            img = 0.5 + 0.25 * np.sin(2 * np.pi * (f1 * xx + f2 * yy) + ph) + 0.2 * (xx - yy) * (k - .5)
-            chans.append(np.clip(img + 0.02 * rng.standard_normal(img.shape), 0, 1))
-        smooth.append(np.stack(chans, -1))
-    smooth = np.stack(smooth).astype(np.float32)
-    mean, std = preprocessing.get("mean", [0.5]), preprocessing.get("std", [0.25])
-    if len(mean) != in_chans:
-        mean, std = [float(np.mean(mean))] * in_chans, [float(np.mean(std))] * in_chans
-    smooth = (smooth - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.concatenate([noise[:1], smooth[:1], noise[1:], smooth[1:]]).astype(np.float32)
 
 
 def compare(ref: np.ndarray, out: np.ndarray, topk: bool = False) -> dict:
@@ -55,82 +36,169 @@ def compare(ref: np.ndarray, out: np.ndarray, topk: bool = False) -> dict:
     return m
 
 
-def compare_outputs(ref: dict, out: dict, tolerance: float) -> dict:
-    """ref/out: {"logits": array, "features": {name: array}} (features may be absent in `out`)."""
-    result = {"logits": compare(ref["logits"], out["logits"], topk=True), "features": {}}
+def compare_outputs(ref: dict, out: dict, tolerance: float, specs=DEFAULT_OUTPUTS) -> dict:
+    """ref/out: {"outputs": {name: array}, "features": {name: array}} (`out` may lack features).
+
+    Each output is compared by name with its own tolerance (the spec's, else `tolerance`) and,
+    for a classification output, top-1/top-5 agreement; features use `tolerance`."""
+    result = {"outputs": {}, "features": {}}
+    bounds = []
+    for spec in specs:
+        tol = spec.tolerance or tolerance
+        if spec.name not in out["outputs"]:
+            m = {"error": f"no output named {spec.name!r} (got {sorted(out['outputs'])})",
+                 "max_rel": float("inf")}
+        else:
+            m = compare(ref["outputs"][spec.name], out["outputs"][spec.name],
+                        topk=spec.metric == "classification")
+        m["tolerance"] = tol
+        result["outputs"][spec.name] = m
+        bounds.append(m["max_rel"] / tol)
     for name, arr in (out.get("features") or {}).items():
-        result["features"][name] = compare(ref["features"][name], arr)
-    worst = max([result["logits"]["max_rel"]] +
-                [f["max_rel"] for f in result["features"].values()])
-    result["max_rel"] = worst
+        result["features"][name] = m = compare(ref["features"][name], arr)
+        bounds.append(m["max_rel"] / tolerance)
+    result["max_rel"] = max([m["max_rel"] for m in result["outputs"].values()] +
+                            [m["max_rel"] for m in result["features"].values()])
     # NaN/inf outputs fail whatever the tolerance (NaN <= tol is False, but inf <= inf is not)
-    result["passed"] = bool(np.isfinite(worst) and worst <= tolerance)
+    worst = max(bounds)
+    result["passed"] = bool(np.isfinite(worst) and worst <= 1.0)
     return result
 
 
-def keras_outputs(model, inputs: np.ndarray, feature_layers: list[str]) -> dict:
-    """Logits and the named layers' outputs of a Keras model, in one forward pass."""
+def output_summary(parity: dict) -> dict:
+    """{output name: worst max rel over the formats} and the lowest top-1 agreement of the
+    classification outputs (None if there is none), from a report's parity section."""
+    worst, top1 = {}, None
+    for p in parity.values():
+        for name, m in (p.get("outputs") or {}).items():
+            worst[name] = max(worst.get(name, 0.0), m.get("max_rel", float("inf")))
+            if "top1" in m:
+                top1 = m["top1"] if top1 is None else min(top1, m["top1"])
+    return {"max_rel": worst, "top1": top1}
+
+
+class SignatureError(ZooError):
+    """The Keras model's inputs/outputs do not carry the names the recipe declares."""
+
+
+def named_outputs(model, specs) -> dict:
+    """{declared name: Keras tensor} of a model's outputs. Several outputs must be a dict keyed by
+    the declared names (a list would be matched by position, which no exported format keeps)."""
+    outs = model.output
+    names = [s.name for s in specs]
+    if isinstance(outs, dict):
+        if set(outs) != set(names):
+            raise SignatureError(f"the Keras model's outputs are {sorted(outs)}, the recipe declares "
+                                 f"{names}: name the builder's outputs like the recipe's")
+        return dict(outs)
+    if isinstance(outs, (list, tuple)):
+        if len(outs) == 1 and len(names) == 1:
+            return {names[0]: outs[0]}
+        raise SignatureError(f"the Keras model returns a {type(outs).__name__} of {len(outs)} "
+                             f"outputs; return a dict keyed by the declared names {names} "
+                             f"(keras.Model(inputs, {{name: tensor, ...}}))")
+    if len(names) != 1:
+        raise SignatureError(f"the Keras model has one output, the recipe declares {names}")
+    return {names[0]: outs}
+
+
+def feed(model, inputs: dict):
+    """The `inputs` dict in the structure the Keras model takes: a dict (named inputs), or the one
+    array of a single-input model. A bare array is passed through (a single image input)."""
+    if not isinstance(inputs, dict):
+        return inputs
+    if isinstance(model.input, dict):
+        missing = sorted(set(model.input) - set(inputs))
+        if missing:
+            raise SignatureError(f"the Keras model takes inputs {sorted(model.input)}; the recipe "
+                                 f"declares {sorted(inputs)}")
+        return {k: inputs[k] for k in model.input}
+    if len(inputs) != 1:
+        raise SignatureError(f"the recipe declares inputs {sorted(inputs)} but the Keras model "
+                             f"takes one tensor; build it with a dict of keras.Input, one per name")
+    return next(iter(inputs.values()))
+
+
+def keras_outputs(model, inputs: dict, feature_layers: list[str], specs=DEFAULT_OUTPUTS) -> dict:
+    """The named outputs and the named layers' outputs of a Keras model, in one forward pass."""
     import keras
 
-    outs = [model.outputs[0]] + [model.get_layer(n).output for n in feature_layers]
-    probe = keras.Model(model.inputs, outs)
-    res = probe.predict_on_batch(inputs)
-    res = res if isinstance(res, (list, tuple)) else [res]
-    return {"logits": np.asarray(res[0]),
-            "features": {n: np.asarray(a) for n, a in zip(feature_layers, res[1:])}}
+    probe = keras.Model(model.input, {"outputs": named_outputs(model, specs),
+                                      "features": {n: model.get_layer(n).output
+                                                   for n in feature_layers}})
+    res = probe.predict_on_batch(feed(model, inputs))
+    return {"outputs": {k: np.asarray(v) for k, v in res["outputs"].items()},
+            "features": {k: np.asarray(v) for k, v in res["features"].items()}}
 
 
-def saved_model_outputs(path, inputs: np.ndarray) -> dict:
+def saved_model_outputs(path, inputs: dict, specs=DEFAULT_OUTPUTS) -> dict:
+    """Run the SavedModel's serving signature; inputs and outputs are matched by name (the
+    signature's output order is not stable across processes)."""
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(str(path))
-    fn = loaded.signatures["serving_default"]
-    (arg,) = fn.structured_input_signature[1].keys()
-    res = fn(**{arg: tf.constant(inputs)})
-    return {"logits": np.asarray(next(iter(res.values())))}
+    fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+    args = sorted(fn.structured_input_signature[1])
+    if len(args) == 1 and len(inputs) == 1:
+        feed_ = {args[0]: next(iter(inputs.values()))}
+    elif set(args) == set(inputs):
+        feed_ = dict(inputs)
+    else:
+        raise SignatureError(f"{path}: the serving signature takes {args}, the model declares "
+                             f"{sorted(inputs)}")
+    res = fn(**{k: tf.constant(v) for k, v in feed_.items()})
+    names = [s.name for s in specs]
+    if len(res) == 1 and len(names) == 1:
+        return {"outputs": {names[0]: np.asarray(next(iter(res.values())))}}
+    return {"outputs": {k: np.asarray(v) for k, v in res.items()}}
 
 
-def load_golden(model_dir) -> tuple[np.ndarray, dict]:
+def load_golden(model_dir) -> tuple[dict, dict]:
+    """(inputs by name, {"outputs", "features"}) as converted; also reads the first format
+    (one `inputs` array and `logits`)."""
     with np.load(Path(model_dir) / GOLDEN) as z:
-        inputs = z["inputs"]
-        ref = {"logits": z["logits"],
-               "features": {k[len("feature/"):]: z[k] for k in z.files if k.startswith("feature/")}}
-    return inputs, ref
+        files = z.files
+        part = lambda prefix: {k[len(prefix):]: z[k] for k in files if k.startswith(prefix)}
+        inputs = part("input/") or {"image": z["inputs"]}
+        outputs = part("output/") or {"logits": z["logits"]}
+        return inputs, {"outputs": outputs, "features": part("feature/")}
 
 
-def save_golden(model_dir, inputs, ref) -> None:
-    arrays = {"inputs": inputs, "logits": ref["logits"]}
+def save_golden(model_dir, inputs: dict, ref: dict) -> None:
+    arrays = {f"input/{k}": v for k, v in inputs.items()}
+    arrays.update({f"output/{k}": v for k, v in ref["outputs"].items()})
     arrays.update({f"feature/{k}": v for k, v in ref["features"].items()})
     np.savez(Path(model_dir) / GOLDEN, **arrays)
 
 
 def validate_files(model_dir, inputs=None, ref=None) -> dict:
-    """Re-run every exported file in `model_dir` and compare with the golden reference.
+    """Re-run every exported file in `model_dir` and compare with the golden reference, output by
+    output by name.
 
     Returns {format: comparison}, each with "passed"; used right after export and by
     scripts/validate_all.py long after, without torch."""
     import keras
 
     import zoo.layers  # noqa: F401 - registers custom layers for .keras loading
-    from zoo.models import get_builder
+    from zoo.models import build
 
     model_dir = Path(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
     if inputs is None:
         inputs, ref = load_golden(model_dir)
+    _, specs = from_config(config)
     tol = config["tolerance"]
     feats = [f for f in config.get("feature_layers", []) if f in ref["features"]]
     results = {}
 
-    model = get_builder(config["builder"])(**config["builder_kwargs"])
+    model = build(config["builder"], config["builder_kwargs"])
     model.load_weights(model_dir / "model.weights.h5")
-    results["weights.h5"] = compare_outputs(ref, keras_outputs(model, inputs, feats), tol)
+    results["weights.h5"] = compare_outputs(ref, keras_outputs(model, inputs, feats, specs), tol, specs)
     del model
 
     model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True)
-    results["keras"] = compare_outputs(ref, keras_outputs(model, inputs, feats), tol)
+    results["keras"] = compare_outputs(ref, keras_outputs(model, inputs, feats, specs), tol, specs)
     del model
 
-    results["saved_model"] = compare_outputs(ref, saved_model_outputs(model_dir / "saved_model",
-                                                                      inputs), tol)
+    results["saved_model"] = compare_outputs(
+        ref, saved_model_outputs(model_dir / "saved_model", inputs, specs), tol, specs)
     return results

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from zoo.conversion.divergence import format_diff, layer_diff
 from zoo.conversion.pipeline import prepare
-from zoo.validate import make_inputs
+from zoo.io_spec import make_inputs
 
 __all__ = ["diff_layers", "format_diff"]
 
@@ -13,5 +13,6 @@ def diff_layers(name, weights="random", num_classes=None, in_chans=None, input_s
     """Convert `name` without hyper-parameter checks and return the per-layer diff."""
     variant, tm, _kwargs, model, plan = prepare(name, weights, num_classes, in_chans,
                                                 check_hparams=False)
-    inputs = make_inputs(input_size or variant.input_size, tm.in_chans, tm.preprocessing)
-    return layer_diff(tm, model, plan, inputs, variant.tolerance)
+    specs = variant.input_specs(in_chans)
+    inputs = make_inputs(specs, input_size or variant.input_size, tm.preprocessing)
+    return layer_diff(tm, model, plan, inputs, variant.tolerance, specs)

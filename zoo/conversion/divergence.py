@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from zoo.conversion.forward import as_inputs, feature_layout, run
 from zoo.conversion.torch_first import torch
-from zoo.validate import compare
+from zoo.io_spec import to_torch
+from zoo.validate import compare, feed
 
 F = torch.nn.functional
 # hypotheses are accepted when they explain the keras output this well
 EXPLAINED = 1e-3
-
-
-def _nchw(a):
-    a = np.asarray(a)
-    return a.transpose(0, 3, 1, 2) if a.ndim == 4 else a
 
 
 def _keras_input(layer):
@@ -148,37 +145,39 @@ def _norm_output_module(module):
     return module
 
 
-def layer_diff(tm, model, plan, inputs_nhwc, tolerance) -> dict:
+def layer_diff(tm, model, plan, inputs, tolerance, in_specs=None) -> dict:
     """Per-layer comparison in torch execution order; the first divergent layer and a diagnosis."""
     import keras
 
+    inputs, in_specs = as_inputs(inputs, in_specs)
+    layout = feature_layout(in_specs)
     pairs = _pairs(plan)
     modules = dict(tm.module.named_modules())
-    captured, order, hooks, inputs = {}, [], [], {}
+    captured, order, hooks, consumed = {}, [], [], {}
     for tname, _ in pairs:
         # copies: in-place activations (ReLU(inplace=True)) overwrite these tensors later
         def pre_hook(_m, inp, tname=tname):
-            if tname not in inputs:
-                inputs[tname] = inp[0].detach().clone().numpy() if inp else None
+            if tname not in consumed:
+                consumed[tname] = inp[0].detach().clone().numpy() if inp else None
 
         def hook(_m, _inp, out, tname=tname):
             if tname not in captured:
                 order.append(tname)
-                captured[tname] = (inputs.get(tname), out.detach().clone().numpy())
+                captured[tname] = (consumed.get(tname), out.detach().clone().numpy())
         module = modules[tname]
         hooks.append(module.register_forward_pre_hook(pre_hook))
         hooks.append(_norm_output_module(module).register_forward_hook(hook))
     try:
-        with torch.no_grad():
-            tm.module(torch.from_numpy(inputs_nhwc.transpose(0, 3, 1, 2).copy()))
+        run(tm.module, inputs, in_specs)
     finally:
         for h in hooks:
             h.remove()
 
     layers = {kname: model.get_layer(kname) for _, kname in pairs}
     outs = [t for k in layers for t in (_keras_input(layers[k]), layers[k].output)]
-    res = keras.Model(model.inputs, outs).predict_on_batch(inputs_nhwc)
-    kres = {k: (_nchw(res[2 * i]), _nchw(res[2 * i + 1])) for i, k in enumerate(layers)}
+    res = keras.Model(model.input, outs).predict_on_batch(feed(model, inputs))
+    kres = {k: (to_torch(np.asarray(res[2 * i]), layout), to_torch(np.asarray(res[2 * i + 1]), layout))
+            for i, k in enumerate(layers)}
 
     by_torch = dict(pairs)
     rows, first, prev_out = [], None, None

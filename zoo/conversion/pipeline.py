@@ -13,35 +13,25 @@ from zoo.arguments import output_root, positive_int
 from zoo.catalog import get_variant, output_dir
 from zoo.constants import STAGES  # noqa: F401 - the stages convert() runs; scripts/convert.py counts them
 from zoo.conversion.divergence import layer_diff
+from zoo.conversion.forward import torch_outputs
 from zoo.conversion.mapping import apply_plan, plan_mapping
 from zoo.conversion.sources import load_torch_model
-from zoo.conversion.torch_first import torch  # before keras/tensorflow
+from zoo.conversion.torch_first import torch  # noqa: F401 - before keras/tensorflow
 from zoo.errors import ExportError, ValidationError
 from zoo.export import atomic_dir, manifest, save_model_files, write_json
-from zoo.models import get_builder
-from zoo.validate import compare_outputs, keras_outputs, make_inputs, save_golden, validate_files
+from zoo.io_spec import make_inputs
+from zoo.models import build, builder_kwargs
+from zoo.validate import (
+    compare_outputs,
+    feed,
+    keras_outputs,
+    named_outputs,
+    save_golden,
+    validate_files,
+)
 from zoo.versions import library_versions
 
-FORMAT_VERSION = 1
-
-
-def torch_outputs(module, inputs_nhwc, feature_modules: dict[str, str]) -> dict:
-    """Logits and the named modules' outputs (NCHW -> NHWC) from one forward pass."""
-    captured, hooks = {}, []
-    for torch_name, keras_name in feature_modules.items():
-        sub = module.get_submodule(torch_name)
-        hooks.append(sub.register_forward_hook(
-            # clone: a later in-place op (ReLU(inplace=True), x += shortcut) must not change it
-            lambda _m, _i, out, k=keras_name: captured.__setitem__(k, out.detach().clone())))
-    try:
-        with torch.no_grad():
-            x = torch.from_numpy(inputs_nhwc.transpose(0, 3, 1, 2).copy())
-            logits = module(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    feats = {k: (v.permute(0, 2, 3, 1) if v.ndim == 4 else v).numpy() for k, v in captured.items()}
-    return {"logits": logits.numpy(), "features": feats}
+FORMAT_VERSION = 2   # 2: named inputs/outputs in config.json, golden.npz and the report
 
 
 @contextmanager
@@ -67,7 +57,7 @@ def _disk_errors(name, final):
                           "file-size limit); nothing was written") from None
 
 
-def float32_error(module, inputs_nhwc, feature_modules, ref32, tolerance) -> dict:
+def float32_error(module, inputs, feature_modules, ref32, tolerance, in_specs, out_specs) -> dict:
     """How far torch's own float32 forward is from a float64 forward of the same weights: the
     precision the network allows at float32. A parity error of that size is the network's
     conditioning, not a conversion mistake (which is orders of magnitude larger)."""
@@ -75,11 +65,11 @@ def float32_error(module, inputs_nhwc, feature_modules, ref32, tolerance) -> dic
 
     import numpy as np
     try:
-        ref64 = torch_outputs(copy.deepcopy(module).double(), inputs_nhwc.astype(np.float64),
-                              feature_modules)
+        ref64 = torch_outputs(copy.deepcopy(module).double(), inputs, feature_modules, in_specs,
+                              out_specs, dtype=np.float64)
     except Exception as e:   # a custom op without a float64 kernel: report, don't fail
         return {"error": f"{type(e).__name__}: {e}"[:300]}
-    result = compare_outputs(ref64, ref32, tolerance)
+    result = compare_outputs(ref64, ref32, tolerance, out_specs)
     result.pop("passed", None)
     return result
 
@@ -87,17 +77,22 @@ def float32_error(module, inputs_nhwc, feature_modules, ref32, tolerance) -> dic
 def prepare(name, weights="random", num_classes=None, in_chans=None, *, timings=None,
             progress=None, check_hparams=True):
     """Load the torch model, build the Keras model once, map the weights strictly.
-    Returns (variant, torch model, builder kwargs, keras model, mapping plan)."""
+    Returns (variant, torch model, builder kwargs, keras model, mapping plan); the Keras model's
+    inputs and outputs carry the names the recipe declares (SignatureError otherwise)."""
     variant, tag = get_variant(name)
     num_classes = positive_int("num_classes", num_classes)
     in_chans = positive_int("in_chans", in_chans)
     timings = {} if timings is None else timings
     with _stage("load_torch", timings, progress):
         tm = load_torch_model(variant, tag, weights, num_classes, in_chans)
+    in_specs = variant.input_specs(in_chans)
     with _stage("build_keras", timings, progress):
-        kwargs = dict(variant.builder_kwargs, classes=tm.num_classes,
-                      input_shape=[None, None, tm.in_chans])
-        model = get_builder(variant.builder)(**kwargs)
+        kwargs = builder_kwargs(variant.builder, variant.builder_kwargs, classes=tm.num_classes,
+                                input_shape=list(in_specs[0].keras_shape())
+                                if len(in_specs) == 1 else None)
+        model = build(variant.builder, kwargs)
+        named_outputs(model, variant.output_specs())
+        feed(model, {s.name: None for s in in_specs})
     with _stage("map_weights", timings, progress):
         plan = plan_mapping(tm.state_dict_numpy(), model, variant.rules, variant.recipe.ignore,
                             modules=dict(tm.module.named_modules()), context=name,
@@ -126,13 +121,15 @@ def convert(name: str, weights="random", num_classes: int | None = None,
 
     size = input_size or variant.input_size
     features = dict(variant.features)
+    in_specs, out_specs = variant.input_specs(in_chans), variant.output_specs()
     with _stage("validate", timings, progress):
-        inputs = make_inputs(size, tm.in_chans, tm.preprocessing)
-        ref = torch_outputs(tm.module, inputs, features)
-        parity = {"in_memory": compare_outputs(ref, keras_outputs(model, inputs,
-                                                                  list(features.values())),
-                                               variant.tolerance)}
-        floor = float32_error(tm.module, inputs, features, ref, variant.tolerance)
+        inputs = make_inputs(in_specs, size, tm.preprocessing)
+        ref = torch_outputs(tm.module, inputs, features, in_specs, out_specs)
+        parity = {"in_memory": compare_outputs(
+            ref, keras_outputs(model, inputs, list(features.values()), out_specs),
+            variant.tolerance, out_specs)}
+        floor = float32_error(tm.module, inputs, features, ref, variant.tolerance, in_specs,
+                              out_specs)
 
     report = {
         "format_version": FORMAT_VERSION, "name": name, "family": variant.recipe.family,
@@ -142,6 +139,8 @@ def convert(name: str, weights="random", num_classes: int | None = None,
                     "requested": requested or (weights if weights in ("random", "pretrained")
                                                else "checkpoint")},
         "num_classes": tm.num_classes, "in_chans": tm.in_chans, "input_size": size,
+        "inputs": {n: list(a.shape[1:]) for n, a in inputs.items()},
+        "outputs": [s.name for s in out_specs],
         "tolerance": variant.tolerance, "tensors_mapped": len(plan),
         "versions": library_versions(), "warnings": list(warnings) + tm.warnings, "parity": parity,
         "torch_float32_vs_float64": floor,
@@ -149,7 +148,7 @@ def convert(name: str, weights="random", num_classes: int | None = None,
     }
     if not parity["in_memory"]["passed"]:
         report["status"] = "failed"
-        report["diff"] = diff = layer_diff(tm, model, plan, inputs, variant.tolerance)
+        report["diff"] = diff = layer_diff(tm, model, plan, inputs, variant.tolerance, in_specs)
         first = diff["first_divergent"]
         where = (f"; first divergent layer: torch {first['torch']!r} -> keras {first['keras']!r} "
                  f"(max rel {first['max_rel']:.2e}); likely: {'; '.join(first['diagnosis'])}"
@@ -173,6 +172,7 @@ def convert(name: str, weights="random", num_classes: int | None = None,
         "input_size": size, "preprocessing": tm.preprocessing, "class_names": tm.class_names,
         "weights": report["weights"], "license": tm.license, "source": variant.source,
         "tolerance": variant.tolerance, "feature_layers": list(features.values()),
+        "inputs": [s.to_json() for s in in_specs], "outputs": [s.to_json() for s in out_specs],
     }
     with atomic_dir(final) as tmp:
         with _stage("export", timings, progress), _disk_errors(name, final):

@@ -9,9 +9,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from zoo.constants import CHECKPOINT_SUFFIXES
+from zoo.conversion.forward import run
 from zoo.conversion.torch_first import timm, torch, torchvision
 from zoo.errors import SourceError
 from zoo.export import sha256_file
+from zoo.io_spec import make_inputs
 from zoo.recipe import Variant
 
 PERTURB_SEED = 0
@@ -23,7 +25,7 @@ class TorchModel:
     weights: str                        # random | pretrained | checkpoint
     tag: str | None
     num_classes: int
-    in_chans: int
+    in_chans: int | None               # channels of the image input (None: no image input)
     preprocessing: dict
     license: str | None
     class_names: list[str] | None = None
@@ -148,7 +150,7 @@ def perturb_(module, seed=PERTURB_SEED):
             t.add_(noise * (0.5 * std if std > 1e-8 else 0.2))
 
 
-def calibrate_norms_(module, input_size, in_chans=3, seed=PERTURB_SEED):
+def calibrate_norms_(module, input_size, specs, seed=PERTURB_SEED):
     """Re-derive BatchNorm running stats from the activations they actually see, then jitter them.
 
     Perturbed weights make activations grow or shrink layer after layer; in deep nets
@@ -175,11 +177,7 @@ def calibrate_norms_(module, input_size, in_chans=3, seed=PERTURB_SEED):
         module.eval()
         # noise and smooth image-like inputs (another seed than validation's): filters respond
         # very differently to the two, and stats from noise alone leave smooth inputs unnormalised
-        from zoo.validate import make_inputs
-        x = torch.from_numpy(make_inputs(input_size, in_chans, {}, seed=seed + 1)
-                             .transpose(0, 3, 1, 2).copy())
-        with torch.no_grad():
-            module(x)
+        run(module, make_inputs(specs, input_size, {}, seed=seed + 1), specs)
     finally:
         for h in handles:
             h.remove()
@@ -348,7 +346,7 @@ def load_torch_model(variant: Variant, tag: str | None, weights: str,
             torch.manual_seed(PERTURB_SEED)
             module = _build_random(variant, tag, num_classes, in_chans)
         perturb_(module)
-        calibrate_norms_(module, variant.input_size, in_chans or 3)
+        calibrate_norms_(module, variant.input_size, variant.input_specs(in_chans))
         kind, ckpt = "random", None
     elif weights == "pretrained":
         module = _pretrained(variant, tag, num_classes, in_chans)
@@ -364,7 +362,8 @@ def load_torch_model(variant: Variant, tag: str | None, weights: str,
     module.eval()
     pre, license_, names, tag = _metadata(variant, tag, module, kind)
     n_cls = _num_classes(module, variant, num_classes)
-    chans = in_chans or 3
+    images = [s for s in variant.input_specs(in_chans) if s.layout == "image"]
+    chans = images[0].shape[0] if images else None
     warnings = []
     if kind == "random":
         warnings.append(f"{variant.name}: RANDOM weights (perturbed, seed {PERTURB_SEED}): "
@@ -375,6 +374,11 @@ def load_torch_model(variant: Variant, tag: str | None, weights: str,
 
 
 def _num_classes(module, variant, override):
+    if not variant.classifies:   # a detector, a landmark regressor: classes mean nothing
+        if override is not None:
+            raise SourceError(f"{variant.name}: --num-classes applies to a classification output; "
+                              f"the recipe declares none ({[s.name for s in variant.output_specs()]})")
+        return None
     if override is not None:
         return override
     n = getattr(module, "num_classes", None)

@@ -42,12 +42,17 @@ def run(job: dict) -> dict:
                                  progress=lambda s: print(f"@@stage {s}", flush=True))
         result.update(status="passed", report=report)
         result["warnings"] = report.get("warnings", [])
-    except ValidationError as e:
-        result.update(error=str(e), report=e.report)
-    except ZooError as e:
-        result["error"] = f"{type(e).__name__}: {e}"
     except Exception as e:  # noqa: BLE001 - a batch reports every failure and goes on
-        result["error"] = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
+        if isinstance(e, ValidationError):
+            result.update(error=str(e), report=e.report)
+        elif isinstance(e, ZooError):
+            result["error"] = f"{type(e).__name__}: {e}"
+        else:
+            result["error"] = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
+        # The per-model log (this process' stderr) keeps the whole error with its traceback and
+        # chained causes; the summary keeps the first line.
+        print(f"{job['name']}: FAILED: {type(e).__name__}", file=sys.stderr)
+        traceback.print_exc(file=sys.stderr)
     result["seconds"] = round(time.perf_counter() - t0, 2)
     return result
 

@@ -23,6 +23,7 @@ BUILDERS: dict[str, str] = {
     "resnetv2": "zoo.models.resnetv2:resnetv2",
     "cspnet": "zoo.models.cspnet:cspnet",
     "xception": "zoo.models.xception:xception",
+    "vit": "zoo.models.vit:vit",
 }
 
 

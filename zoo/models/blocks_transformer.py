@@ -1,0 +1,72 @@
+"""Transformer blocks for the Keras builders (ViT, DeiT, ...), with the sources' semantics:
+pre-norm residual blocks, LayerNorm eps given by the source (timm/torchvision ViT 1e-6, Keras'
+default 1e-3), exact (erf) GELU, attention on one fused q/k/v Dense.
+
+Token tensors are (B, N, C): Dense and LayerNormalization act on the last axis, as torch's
+Linear and LayerNorm do, so no axis needs translating inside a block.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+
+from zoo.layers.attention import FusedQKVAttention
+from zoo.layers.layer_scale import LayerScale
+
+
+def layer_norm(x, eps, name):
+    return keras.layers.LayerNormalization(axis=-1, epsilon=eps, name=name)(x)
+
+
+def patch_embed(x, dim, patch, name):
+    """`Conv2d(C, dim, patch, stride=patch)` (no padding: a border smaller than a patch is
+    dropped, as torch's floor does) -> (B, h, w, dim) patch grid."""
+    return keras.layers.Conv2D(dim, patch, strides=patch, padding="valid", use_bias=True,
+                               name=name)(x)
+
+
+def mlp(x, hidden, name, names=("fc1", "act", "fc2")):
+    """Linear -> exact GELU -> Linear (timm Mlp, torchvision MLPBlock); dropouts are identities
+    at inference and left out."""
+    fc1, act, fc2 = (f"{name}_{n}" for n in names)
+    y = keras.layers.Dense(hidden, name=fc1)(x)
+    y = keras.layers.Activation("gelu", name=act)(y)   # Keras 3 "gelu": approximate=False
+    return keras.layers.Dense(x.shape[-1], name=fc2)(y)
+
+
+def attention(x, heads, name, qkv_bias=True, names=("qkv", "attn", "proj")):
+    """Self-attention: one Dense to (q|k|v, heads, head_dim) -> FusedQKVAttention -> Dense."""
+    qkv, attn, proj = (f"{name}_{n}" for n in names)
+    dim = x.shape[-1]
+    y = keras.layers.Dense(3 * dim, use_bias=qkv_bias, name=qkv)(x)
+    y = FusedQKVAttention(heads, name=attn)(y)
+    return keras.layers.Dense(dim, name=proj)(y)
+
+
+@dataclass(frozen=True)
+class BlockNames:
+    """Sub-layer names after `<block>_`, the source's modules (recipes map them)."""
+
+    norm1: str = "norm1"
+    attn: str = "attn"
+    ls1: str = "ls1"
+    norm2: str = "norm2"
+    mlp: str = "mlp"
+    ls2: str = "ls2"
+
+
+def transformer_block(x, heads, mlp_ratio, *, name, eps=1e-6, qkv_bias=True, ls_init=None,
+                      names=BlockNames()):
+    """Pre-norm block: x + [ls1] attn(norm1(x)); x + [ls2] mlp(norm2(x)) (timm Block,
+    torchvision EncoderBlock). ls_init: layer scale (DINOv2, CaiT) with that initial value;
+    None for none. Stochastic depth is an identity at inference and left out."""
+    p = f"{name}_"
+    y = attention(layer_norm(x, eps, p + names.norm1), heads, p + names.attn, qkv_bias)
+    if ls_init is not None:
+        y = LayerScale(ls_init, name=p + names.ls1)(y)
+    x = keras.layers.Add(name=p + "add1")([x, y])
+    y = mlp(layer_norm(x, eps, p + names.norm2), int(x.shape[-1] * mlp_ratio), p + names.mlp)
+    if ls_init is not None:
+        y = LayerScale(ls_init, name=p + names.ls2)(y)
+    return keras.layers.Add(name=p + "add2")([x, y])
