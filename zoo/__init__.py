@@ -7,7 +7,7 @@ registered whenever Keras is imported, so `keras.saving.load_model` reads any `.
 wrote after a plain `import zoo` (zoo/registration.py).
 """
 from zoo import registration
-from zoo.api import convert, create_model, list_models, preprocess
+from zoo.api import convert, create_model, decode_predictions, list_models, preprocess
 from zoo.errors import (
                         MappingError,
                         RecipeError,
@@ -19,7 +19,7 @@ from zoo.errors import (
 
 # The one definition of the version: pyproject.toml reads it from here (setuptools dynamic version).
 __version__ = "0.1.0"
-__all__ = ["convert", "create_model", "list_models", "preprocess", "ZooError", "RecipeError",
-           "UnknownModelError", "SourceError", "MappingError", "ValidationError"]
+__all__ = ["convert", "create_model", "list_models", "preprocess", "decode_predictions", "ZooError",
+           "RecipeError", "UnknownModelError", "SourceError", "MappingError", "ValidationError"]
 
 registration.install()

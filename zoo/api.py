@@ -37,7 +37,8 @@ def _config_for(path) -> tuple[dict, Path]:
 
 
 def create_model(name, pretrained=False, num_classes=None, include_top=True, input_shape=None,
-                 pooling=None, classifier_activation=None, features_only=False, out_indices=None):
+                 pooling=None, classifier_activation=None, features_only=False, out_indices=None,
+                 include_preprocessing=False):
     """A Keras model for catalogue `name`, keras.applications-style.
 
     pretrained: False (random init), a local `.weights.h5` file or `outputs/<name>` folder, or True
@@ -45,6 +46,9 @@ def create_model(name, pretrained=False, num_classes=None, include_top=True, inp
     The model takes normalised NHWC input (see `zoo.preprocess`) and returns logits.
     features_only: one output per feature stage (`zoo.models.feature_info`), or only those of
     out_indices (stage positions; negative counts from the end, as in timm).
+    include_preprocessing: put the source's eval transform in front (zoo.preprocessing, from the
+    weights' config.json or the recipe): the model then takes RGB images of any size with values
+    0..255 (uint8 or float), NHWC, and input_shape is that of the model behind it.
     """
     import keras
 
@@ -57,6 +61,13 @@ def create_model(name, pretrained=False, num_classes=None, include_top=True, inp
     if pretrained is True:
         from zoo import hub
         pretrained = hub.fetch(name)
+    if include_preprocessing:
+        from zoo.layers.preprocessing import with_preprocessing
+        from zoo.preprocessing import eval_transform
+
+        model = create_model(name, pretrained, num_classes, include_top, input_shape, pooling,
+                             classifier_activation, features_only, out_indices)
+        return with_preprocessing(model, eval_transform(pretrained or name))
     if pretrained:
         config, weights = _config_for(pretrained)
         if catalog.split_name(config.get("name", ""))[0] != variant.name:
@@ -113,35 +124,39 @@ def _stage_layers(model, out_indices=None) -> list[str]:
 
 
 def preprocess(name_or_dir, images, *, size=None):
-    """uint8/float HWC image(s) -> normalised NHWC float32 batch, as the source model expects.
+    """The source's eval transform (timm's `create_transform(**resolve_data_config(...))`,
+    torchvision's weight `transforms()`) of a converted model (`outputs/<name>` folder) or a
+    catalogue name, applied to uint8 images (0..255) or float images ([0, 1]), HWC or NHWC.
 
-    Resize the shorter side to size / crop_pct, centre-crop `size`, scale to [0, 1], normalise
-    with mean/std (from `config.json` of a converted model, else from the recipe). TF resizing is
-    not PIL's: expect small pixel differences to the PyTorch pipeline (no antialias difference at
-    downscale factors below 2 with bilinear)."""
+    Returns normalised float32 of the same rank (a tf.Tensor), size x size (default: the model's
+    input size). Pure TensorFlow: usable in `tf.data.Dataset.map`. Sizes and crop offsets equal
+    the source's; pixel values differ by TF's resampling kernels from PIL's (README,
+    "Preprocessing"). See zoo.preprocessing.eval_transform for the reusable transform object.
+    """
+    from zoo.preprocessing import eval_transform
+
+    return eval_transform(name_or_dir, size)(images)
+
+
+def decode_predictions(logits, name_or_dir, top=5):
+    """[(class index, class name, probability), ...] of the `top` classes per image, from the
+    class names the source ships, recorded in a converted model's `config.json` (`outputs/<name>`
+    folder or its `.weights.h5`) when it was converted from pretrained weights. Probabilities are
+    softmax(logits), the models' output (classifier_activation=None)."""
     import numpy as np
-    import tensorflow as tf
 
-    path = Path(name_or_dir)
-    if (path / "config.json").is_file():
-        cfg = json.loads((path / "config.json").read_text())
-        pre, default_size = cfg["preprocessing"], cfg["input_size"]
-    else:
-        variant, _ = catalog.get_variant(str(name_or_dir))
-        pre, default_size = variant.preprocessing, variant.input_size
-    size = size or default_size
-    x = np.asarray(images)
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4:
-        raise ZooError(f"images must be HWC or NHWC, got shape {x.shape}")
-    x = x.astype(np.float32) / (255.0 if np.asarray(images).dtype == np.uint8 else 1.0)
-    h, w = x.shape[1:3]
-    scale = size / pre["crop_pct"] / min(h, w)
-    rh, rw = max(size, round(h * scale)), max(size, round(w * scale))
-    method = {"bicubic": "bicubic", "bilinear": "bilinear", "nearest": "nearest"}[pre["interpolation"]]
-    x = tf.image.resize(x, (rh, rw), method=method, antialias=True).numpy()
-    top, left = (rh - size) // 2, (rw - size) // 2
-    x = x[:, top:top + size, left:left + size]
-    return ((x - np.asarray(pre["mean"], np.float32)) / np.asarray(pre["std"], np.float32)) \
-        .astype(np.float32)
+    if not Path(name_or_dir).exists():
+        raise ZooError(f"{name_or_dir}: class names are read from a converted model's config.json; "
+                       f"pass its outputs/<name> folder or .weights.h5 file")
+    config, _ = _config_for(name_or_dir)
+    names = config.get("class_names")
+    if not names:
+        raise ZooError(f"{name_or_dir}: no class names are recorded in its config.json (they are "
+                       f"recorded when a model is converted from the source's pretrained weights)")
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.ndim != 2 or logits.shape[1] != len(names):
+        raise ZooError(f"logits must have shape (batch, {len(names)}), got {logits.shape}")
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs = z / z.sum(axis=1, keepdims=True)
+    best = np.argsort(-probs, axis=1, kind="stable")[:, :top]
+    return [[(int(i), names[i], float(p[i])) for i in row] for row, p in zip(best, probs)]
