@@ -57,8 +57,8 @@ def _same(a, target_shape=None, **_):
 
 
 def _conv_kernel(a, target_shape=None, **_):
-    # torch (out, in/groups, kh, kw) -> keras (kh, kw, in/groups, out)
-    return a.transpose(2, 3, 1, 0)
+    # torch (out, in/groups, *spatial) -> keras (*spatial, in/groups, out), any spatial rank
+    return a.transpose(*range(2, a.ndim), 1, 0)
 
 
 def _depthwise_kernel(a, target_shape, **_):
@@ -149,6 +149,9 @@ _BIAS = ("bias", _same)
 register(Transform("conv2d", {"weight": ("kernel", _conv_kernel), "bias": _BIAS},
                    "Conv2d (out, in/g, kh, kw) -> Conv2D kernel (kh, kw, in/g, out); also grouped "
                    "convs.", check=_check_conv))
+register(Transform("conv1d", {"weight": ("kernel", _conv_kernel), "bias": _BIAS},
+                   "Conv1d (out, in/g, k) -> Conv1D kernel (k, in/g, out) (NCL -> NLC layout).",
+                   check=_check_conv))
 register(Transform("depthwise", {"weight": ("kernel", _depthwise_kernel), "bias": _BIAS},
                    "Conv2d with groups == in_channels (C*m, 1, kh, kw) -> DepthwiseConv2D "
                    "(kh, kw, C, m).", check=_check_conv))

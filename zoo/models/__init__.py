@@ -48,6 +48,25 @@ def get_builder(name: str):
         raise ZooError(f"cannot import Keras builder {name!r}: {e}") from None
 
 
+def build(name: str, kwargs: dict):
+    """The Keras model of builder `name` called with `kwargs` (as a config.json records them)."""
+    return get_builder(name)(**kwargs)
+
+
+def builder_kwargs(name: str, recipe_kwargs: dict, **offered) -> dict:
+    """The recipe's kwargs plus those of `offered` (classes, input_shape) the builder takes: every
+    registered builder takes the keras.applications arguments; a user's `python:` builder gets
+    only the ones its signature names (or all, if it takes **kwargs)."""
+    import inspect
+
+    offered = {k: v for k, v in offered.items() if v is not None}
+    if name.startswith("python:"):
+        params = inspect.signature(get_builder(name), follow_wrapped=False).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            offered = {k: v for k, v in offered.items() if k in params}
+    return dict(recipe_kwargs, **offered)
+
+
 def feature_info(model) -> list[dict]:
     """The feature stages of a built model, in graph order, like timm's `feature_info`:
     [{"name": "stage1", "channels": 256, "reduction": 4}, ...]; read from its FeatureStage layers
