@@ -18,7 +18,7 @@ from zoo.transforms import TRANSFORMS
 
 TOL = 1e-5
 TESTED = {"conv2d", "depthwise", "linear", "linear_after_flatten", "batchnorm", "layernorm",
-          "groupnorm", "prelu", "identity"}
+          "groupnorm", "prelu", "identity", "mha_in_proj"}
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -136,6 +136,30 @@ def test_linear(bias):
     with torch.no_grad():
         ref = tm(torch.from_numpy(x)).numpy()
     assert rel_err(dense(x), ref) <= TOL
+
+
+def test_mha_in_proj():
+    """nn.MultiheadAttention's packed in_proj -> one Dense (3E) -> FusedQKVAttention -> Dense
+    out_proj equals the torch module (self-attention, batch_first)."""
+    from zoo.layers.attention import FusedQKVAttention
+
+    dim, heads, n = 24, 4, 7
+    tm = perturb(nn.MultiheadAttention(dim, heads, batch_first=True))
+    qkv, out = keras.layers.Dense(3 * dim), keras.layers.Dense(dim)
+    inp = keras.Input((n, dim))
+    km = keras.Model(inp, out(FusedQKVAttention(heads)(qkv(inp))))
+    load_leaves = {"in_proj_weight": tm.in_proj_weight, "in_proj_bias": tm.in_proj_bias}
+    t = TRANSFORMS["mha_in_proj"]
+    for leaf, tensor in load_leaves.items():
+        kname, fn = t.leaf(leaf)
+        var = {"kernel": qkv.kernel, "bias": qkv.bias}[kname]
+        var.assign(fn(tensor.detach().numpy(), target_shape=tuple(var.shape)))
+    load(tm.out_proj, out, "linear")
+    x = np.random.default_rng(2).standard_normal((3, n, dim)).astype(np.float32)
+    with torch.no_grad():
+        xt = torch.from_numpy(x)
+        ref = tm(xt, xt, xt, need_weights=False)[0].numpy()
+    assert rel_err(km(x), ref) <= TOL
 
 
 def _flatten_pair(c=3, h=5, w=4, out=7):
