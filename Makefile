@@ -9,11 +9,12 @@ ARGS   ?=
 setup: $(STAMP)
 
 # torch is pinned to the release on this machine's disk (any other is a multi-GB download).
+# TensorFlow is an extra (the package works with tensorflow or tensorflow-cpu): CPU here.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[convert,test]'
+	$(PY) -m pip install -q -e '.[tensorflow-cpu,convert,test]'
 	touch $(STAMP)
 
 convert: $(STAMP)

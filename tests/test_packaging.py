@@ -7,6 +7,8 @@ The environment has no network: its dependencies (TensorFlow, Keras, ...) come f
 .venv through a .pth line, torch/torchvision/timm are made unimportable, and the wheel is installed
 with --no-deps.
 """
+import ast
+import importlib.metadata
 import json
 import os
 import re
@@ -90,6 +92,31 @@ def test_wheel_holds_every_recipe_and_module(wheel):
     assert not [r for r in runtime if any(m in r for m in ("torch", "timm", "tensorflow"))], runtime
     entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert f"{CMD} = zoo.cli.main:main" in zipfile.ZipFile(wheel).read(entry).decode()
+
+
+def _third_party_imports():
+    """Top-level names of everything zoo/ imports (at any depth) that is neither stdlib nor zoo."""
+    found = set()
+    for path in (ROOT / "zoo").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                found.add(node.module.split(".")[0])
+    return found - set(sys.stdlib_module_names) - {"zoo"}
+
+
+def test_every_imported_package_is_a_declared_dependency(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA")))
+    declared = {re.split(r"[\s<>=!~;\[]", line.split(":", 1)[1].strip())[0].lower().replace("_", "-")
+                for line in meta.decode().splitlines() if line.startswith("Requires-Dist:")}
+    providers = importlib.metadata.packages_distributions()
+    imported = _third_party_imports()
+    assert {"keras", "torch", "yaml"} <= imported   # the scan sees imports at all
+    missing = {m: providers.get(m) for m in imported
+               if not {d.lower().replace("_", "-") for d in providers.get(m, ())} & declared}
+    assert missing == {}, f"imported by zoo/ but in no Requires-Dist of pyproject.toml: {missing}"
 
 
 def test_distribution_name_and_version_are_defined_once(wheel):
