@@ -7,7 +7,24 @@ from pathlib import Path
 from urllib.parse import unquote
 
 
-class ReleaseServer:
+class LocalServer:
+    """An HTTP server on a free port of 127.0.0.1, serving from a thread inside `with`."""
+
+    def _listen(self, handler):
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class ReleaseServer(LocalServer):
     def __init__(self, root):
         self.root = Path(root).resolve()
         # url path -> list of "500" | "drop" | "corrupt" | "junk" | bytes (served instead of the
@@ -54,14 +71,4 @@ class ReleaseServer:
                     return
                 self.wfile.write(body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._listen(Handler)

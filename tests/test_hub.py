@@ -7,12 +7,14 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
+from hub_server import HubServer
 from release_server import ReleaseServer
 
 import zoo
 from helpers import ROOT, run_python, run_script
 from zoo import hub
-from zoo.publish import build_release
+from zoo.publish import build_release, card_metadata
 
 NAME = "timm/resnet18"
 WEIGHTS = f"/models/{NAME}/model.weights.h5"
@@ -63,6 +65,11 @@ def test_publish_refuses_random_unless_allowed_and_is_idempotent(converted, tmp_
     first = (rel / "index.json").read_bytes()
     card = (rel / "models" / NAME / "README.md").read_text()
     assert "Random weights" in card and "apache-2.0" in card and "max rel error" in card
+    meta = _front_matter(card)
+    assert meta["license"] == "apache-2.0" and meta["library_name"] == "keras"
+    assert meta["pipeline_tag"] == "image-classification"
+    assert {"keras", "timm", "random-weights"} <= set(meta["tags"])
+    assert "base_model" not in meta     # random weights are not derived from timm's
     index = json.loads(first)
     entry = index["models"][NAME]
     assert entry["random"] is True and index["version"] == "1.0"
@@ -101,6 +108,25 @@ def test_publish_refuses_failed_or_tampered_models_and_merges_shards(converted, 
     _, refused = build_release([shard_c], tmp_path / "rel2", allow_random=True)
     assert "failed validation" in refused["timm/failed"]
     assert "changed since it was validated" in refused["timm/tampered"]
+
+
+def _front_matter(card: str) -> dict:
+    """The YAML between the card's leading '---' lines, as the Hub reads it."""
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+@pytest.mark.parametrize("name, base", [(NAME, "timm/resnet18.a1_in1k"),
+                                        ("torchvision/resnet18", "torchvision/resnet18.IMAGENET1K_V1")])
+def test_card_of_pretrained_weights_names_its_base_model(converted, name, base):
+    folder, _ = converted(name)
+    report = json.loads((folder / "report.json").read_text())
+    config = json.loads((folder / "config.json").read_text())
+    report["weights"]["source"] = "pretrained"   # as a run with the source's weights records it
+    meta = card_metadata(report, config)
+    assert meta["base_model"] == base
+    assert meta["license"] == {"timm": "apache-2.0", "torchvision": "bsd-3-clause"}[name[:name.index("/")]]
+    assert "random-weights" not in meta["tags"]
 
 
 # ------------------------------------------------------------------------ download
@@ -193,11 +219,18 @@ def test_malicious_index_is_refused(server, release, tmp_path):
 
 
 @pytest.mark.hostile("hostile server or cache")
-def test_only_http_https_file_urls(monkeypatch, tmp_path):
+def test_only_hf_http_https_file_urls(monkeypatch, tmp_path):
     monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("ZOO_WEIGHTS_URL", "ftp://example.org/release")
-    with pytest.raises(hub.DownloadError, match="only https, http, file"):
+    with pytest.raises(hub.DownloadError, match="only hf, https, http, file"):
         hub.fetch(NAME)
+    monkeypatch.setenv("ZOO_WEIGHTS_URL", "hf://org/../repo")
+    with pytest.raises(hub.DownloadError, match="expected hf://<org>/<repo>"):
+        hub.fetch(NAME)
+    # a static release has no revisions: asking for one is an error, not silently ignored
+    monkeypatch.setenv("ZOO_WEIGHTS_URL", tmp_path.as_uri())
+    with pytest.raises(hub.DownloadError, match="needs an hf:// release"):
+        hub.fetch(NAME, revision="v1")
 
 
 def test_file_url_release_and_download_script(release, tmp_path):
@@ -288,3 +321,143 @@ def test_traversal_in_a_name_is_refused_before_any_request(server, tmp_path):
     with pytest.raises(zoo.ZooError, match="invalid weight tag"):
         hub.fetch("timm/resnet18.x/../../../../escaped")
     assert len(server.requests) == n
+
+
+# ------------------------------------------------------------------------ hf:// releases
+# huggingface_hub talks to tests/hub_server.py, a real server on 127.0.0.1 that speaks the Hub's
+# resolve protocol. Two commits: OLD (the release, tagged v1) and NEW (main: other weights bytes).
+
+REPO, OLD, NEW = "zoo-test/release", "1" * 40, "2" * 40
+TOKEN = "hf_test_token"
+
+
+def _resolve(commit, rel):
+    return f"/{REPO}/resolve/{commit}/{rel}"
+
+
+def _resolves(server):
+    """(method, path) of the requests for repository files (not huggingface_hub's own calls)."""
+    return [(m, p) for m, p, _ in server.requests if p.startswith(f"/{REPO}/resolve/")]
+
+
+@pytest.fixture(scope="module")
+def new_release(release, tmp_path_factory):
+    """The release with other weights bytes and its index updated to match (hashlib, here)."""
+    import hashlib
+
+    new = tmp_path_factory.mktemp("new") / "release"
+    shutil.copytree(release, new)
+    weights = new / "models" / NAME / "model.weights.h5"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    index = json.loads((new / "index.json").read_text())
+    index["models"][NAME]["files"]["model.weights.h5"]["sha256"] = hashlib.sha256(data).hexdigest()
+    (new / "index.json").write_text(json.dumps(index))
+    return new
+
+
+@pytest.fixture
+def hf_server(release, new_release, monkeypatch, tmp_path):
+    """The Hub server with a private repository, and huggingface_hub pointed at it. Its cache and
+    token file are read from the environment once, when huggingface_hub is imported (already done
+    in this process), so they are set on its constants too (zoo passes HF_ENDPOINT itself)."""
+    import huggingface_hub.constants as hf_constants
+
+    with HubServer(REPO, {OLD: release, NEW: new_release}, {"main": NEW, "v1": OLD},
+                   token=TOKEN) as srv:
+        home = tmp_path / "hf"
+        for var, value in {"HF_ENDPOINT": srv.url, "HF_HOME": str(home),
+                           "HF_HUB_CACHE": str(home / "hub")}.items():
+            monkeypatch.setenv(var, value)
+        monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(home / "hub"))
+        monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(home / "token"))
+        for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "ZOO_OFFLINE"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("ZOO_WEIGHTS_URL", f"hf://{REPO}")
+        monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "zoo-cache"))
+        yield srv
+
+
+def _index(folder):
+    return json.loads((folder / "index.json").read_text())["models"][NAME]["files"]
+
+
+def test_hf_token_and_revision_pin(hf_server, release, new_release, monkeypatch, tmp_path):
+    with pytest.raises(hub.DownloadError, match="401.*needs a token"):
+        hub.fetch(NAME)
+    assert {a for _, _, a in hf_server.requests} == {None}   # refused, nothing sent with a token
+    # the token as an argument, at tag v1: the old release's bytes
+    folder = hub.fetch(NAME, token=TOKEN, revision="v1")
+    assert hub._sha256(folder / "model.weights.h5") == _index(release)["model.weights.h5"]["sha256"]
+    # HF_TOKEN, main (the default): the new bytes
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    folder = hub.fetch(NAME)
+    assert hub._sha256(folder / "model.weights.h5") == _index(new_release)["model.weights.h5"]["sha256"]
+    # a commit in ZOO_WEIGHTS_URL pins as a tag does
+    monkeypatch.setenv("ZOO_WEIGHTS_URL", f"hf://{REPO}@{OLD}")
+    folder = hub.fetch(NAME)
+    assert hub._sha256(folder / "model.weights.h5") == _index(release)["model.weights.h5"]["sha256"]
+    assert all(a == f"Bearer {TOKEN}" for m, p, a in hf_server.requests[1:] if "/resolve/" in p)
+    assert not (tmp_path / "zoo-cache").exists()    # hf:// files live in the Hub's cache only
+
+
+def test_hf_cache_is_reused(hf_server, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("ZOO_WEIGHTS_URL", f"hf://{REPO}@{OLD}")
+    folder = hub.fetch(NAME)
+    weights = ("GET", _resolve(OLD, f"models/{NAME}/model.weights.h5"))
+    assert weights in _resolves(hf_server)
+    n = len(_resolves(hf_server))
+    assert hub.fetch(NAME) == folder
+    assert _resolves(hf_server)[n:] == []        # pinned to a commit: no request at all
+    # at a branch, only the index is asked for (whether main moved); files come from the cache
+    monkeypatch.setenv("ZOO_WEIGHTS_URL", f"hf://{REPO}")
+    hub.fetch(NAME, revision="v1")
+    assert _resolves(hf_server)[n:] == [("HEAD", _resolve("v1", "index.json"))]
+
+
+def test_hf_offline_with_and_without_cache(hf_server, converted, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(hub.DownloadError, match=r"offline \(HF_HUB_OFFLINE=1\).*not in the Hugging"):
+        hub.fetch(NAME, revision="v1")
+    assert _resolves(hf_server) == []
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    online = hub.fetch(NAME, revision="v1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    n = len(hf_server.requests)
+    assert hub.fetch(NAME, revision="v1") == online
+    # loaded from the Hub's cache (snapshot links to blobs), offline, as the user would
+    monkeypatch.setenv("ZOO_WEIGHTS_URL", f"hf://{REPO}@v1")
+    inputs, logits = _golden(converted)
+    got = zoo.create_model(NAME, pretrained=True).predict_on_batch(inputs)
+    assert len(hf_server.requests) == n
+    assert np.abs(got - logits).max() / np.abs(logits).max() < 1e-5
+
+
+@pytest.mark.hostile("hostile server or cache")
+def test_hf_checksum_mismatch_is_refused_and_not_kept(hf_server, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    path = _resolve(OLD, f"models/{NAME}/model.weights.h5")
+    hf_server.faults[path] = ["corrupt"]
+    with pytest.raises(hub.DownloadError, match="checksum mismatch.*removed from the Hugging"):
+        hub.fetch(NAME, revision="v1")
+    folder = hub.fetch(NAME, revision="v1")     # downloaded again, not the bad cached bytes
+    assert [r for r in _resolves(hf_server) if r == ("GET", path)] == [("GET", path)] * 2
+    assert hub._sha256(folder / "model.weights.h5") == _index(hf_server.commits[OLD])[
+        "model.weights.h5"]["sha256"]
+
+
+def test_hf_download_script_with_environment_only(hf_server, release, tmp_path):
+    """The user's path: HF_ENDPOINT, HF_HOME, HF_TOKEN and HF_HUB_OFFLINE set before Python starts
+    (no constants patched), through scripts/download.py."""
+    env = {"HF_ENDPOINT": hf_server.url, "HF_HOME": str(tmp_path / "hf-env"), "HF_TOKEN": TOKEN,
+           "HF_HUB_CACHE": str(tmp_path / "hf-env" / "hub"), "ZOO_WEIGHTS_URL": f"hf://{REPO}"}
+    online = run_script("download.py", NAME, "--revision", "v1", env=env)
+    assert online.returncode == 0, online.stderr
+    assert str(tmp_path / "hf-env" / "hub") in online.stdout
+    n = len(hf_server.requests)
+    offline = run_script("download.py", NAME, "--revision", "v1", env={**env, "HF_HUB_OFFLINE": "1"})
+    assert offline.returncode == 0, offline.stderr
+    assert offline.stdout == online.stdout and len(hf_server.requests) == n

@@ -1,14 +1,22 @@
 """Download published, pre-converted weights (Keras side: never imports torch).
 
-A release is a static folder (see scripts/publish.py): `index.json` plus `models/<name>/...`.
-Files are fetched from `ZOO_WEIGHTS_URL` (default `DEFAULT_URL`), verified against the index's
-sha256, and moved into the cache atomically; partial downloads resume with HTTP Range, transient
-errors are retried with backoff, and a file lock makes concurrent processes safe.
+A release (see scripts/publish.py) is `index.json` plus `models/<name>/...`, at the location
+`ZOO_WEIGHTS_URL` (default `DEFAULT_URL`):
+
+- `hf://<repo_id>[@<revision>]`, a Hugging Face Hub repository: files go through
+  `huggingface_hub.hf_hub_download`, so the user's token (`HF_TOKEN`, `huggingface-cli login`, or
+  `token=`) opens private and gated repositories, a revision (branch, tag or commit) pins the
+  release, the Hub's own cache holds the files (none of ours) and `HF_HUB_OFFLINE=1` uses it
+  without a request. The model files are fetched at the commit the index was read from, so a
+  release is never mixed across two commits, and each is checked against the index's sha256.
+- `https://`, `http://` or `file://`, a static folder: our own client fetches each file into
+  `ZOO_CACHE_DIR`, stops at the size the index states, checks its sha256 and moves it into the
+  cache atomically; partial downloads resume with HTTP Range, transient errors are retried with
+  backoff, and a file lock makes concurrent processes safe.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import http.client
 import json
@@ -21,11 +29,14 @@ import urllib.parse
 import urllib.request
 from pathlib import Path, PurePosixPath
 
+import filelock
+
 from zoo.errors import ZooError
 from zoo.names import InvalidNameError, parse_name
 
-DEFAULT_URL = "https://huggingface.co/zoo-models/keras-zoo/resolve/main"
-ALLOWED_SCHEMES = ("https", "http", "file")
+DEFAULT_URL = "hf://zoo-models/keras-zoo"
+ALLOWED_SCHEMES = ("hf", "https", "http", "file")
+STATIC_SCHEMES = ("https", "http", "file")   # fetched by our own client
 RETRIES = 5
 BACKOFF = 0.5          # seconds, doubled after each failed attempt
 TIMEOUT = 30           # seconds per connection attempt
@@ -60,8 +71,22 @@ def cache_dir() -> Path:
     return Path(xdg) / "zoo"
 
 
+# ZOO_OFFLINE is ours; HF_HUB_OFFLINE is the Hub's, honoured for every release location so that
+# one switch keeps the whole program off the network. Read at each call (huggingface_hub reads
+# its own copy once, at import).
+OFFLINE_VARIABLES = ("ZOO_OFFLINE", "HF_HUB_OFFLINE")
+
+
+def _offline_variable() -> str | None:
+    """The variable that makes us offline, if any."""
+    for var in OFFLINE_VARIABLES:
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return var
+    return None
+
+
 def offline() -> bool:
-    return os.environ.get("ZOO_OFFLINE", "").lower() in ("1", "true", "yes")
+    return _offline_variable() is not None
 
 
 def safe_relpath(rel: str) -> PurePosixPath:
@@ -103,13 +128,12 @@ def _open_nofollow(path: Path, append: bool):
 
 @contextlib.contextmanager
 def _lock(path: Path):
+    """An exclusive inter-process lock (filelock: flock on POSIX, LockFileEx on Windows)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _open_nofollow(path, append=True) as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    if path.is_symlink():   # older filelock releases open the lock file following links
+        raise DownloadError(f"refusing to lock through symbolic link {path}")
+    with filelock.FileLock(str(path)):
+        yield
 
 
 def _sha256(path: Path) -> str:
@@ -135,8 +159,8 @@ def _fetch(url: str, dest: Path, expected_size: int | None = None, progress_desc
     server that sends more is refused before the excess reaches the disk."""
     from tqdm import tqdm
 
-    if urllib.parse.urlparse(url).scheme not in ALLOWED_SCHEMES:
-        raise DownloadError(f"refusing URL {url!r}: only {', '.join(ALLOWED_SCHEMES)}")
+    if urllib.parse.urlparse(url).scheme not in STATIC_SCHEMES:
+        raise DownloadError(f"refusing URL {url!r}: only {', '.join(STATIC_SCHEMES)}")
     limit = expected_size if expected_size is not None else max_bytes
     delay, last = BACKOFF, None
     for attempt in range(1, RETRIES + 1):
@@ -219,10 +243,15 @@ def _read_index(path: Path) -> dict:
     return validate_index(data)
 
 
-def load_index(refresh: bool = True) -> dict:
-    """The release index: fetched from the base URL, validated, then cached; the cached copy
+def load_index(refresh: bool = True, *, token: str | None = None,
+               revision: str | None = None) -> dict:
+    """The release index, validated. hf://: through the Hub's cache (`refresh=False` or offline:
+    the cached copy only). Static releases: fetched, validated, then cached; the cached copy
     offline or (with an IndexWarning that says why) when the fresh one cannot be had. A fetched
     index that fails validation never replaces the cached one."""
+    hf = _hf_location(base_url(), revision)
+    if hf is not None:
+        return _hf_index(*hf, token, local_only=offline() or not refresh)[0]
     import warnings
 
     cached = cache_dir() / "index.json"
@@ -243,12 +272,17 @@ def load_index(refresh: bool = True) -> dict:
             warnings.warn(f"using the cached release index {cached}: the index at {base_url()} "
                           f"could not be used ({e})", IndexWarning, stacklevel=2)
     if not cached.exists():
-        raise DownloadError(f"offline (ZOO_OFFLINE=1) and no cached weights index at {cached}")
+        raise DownloadError(f"{_offline_label()} and no cached weights index at {cached}")
     try:
         return _read_index(cached)
     except DownloadError as e:
         raise DownloadError(f"cached index {cached} is unusable ({e}); delete it and retry") \
             from None
+
+
+def _offline_label() -> str:
+    var = _offline_variable()
+    return f"offline ({var}={os.environ[var]})" if var else "not refreshed"
 
 
 def _model_entry(index: dict, name: str) -> dict:
@@ -258,36 +292,53 @@ def _model_entry(index: dict, name: str) -> dict:
         close = difflib.get_close_matches(name, list(models), n=5, cutoff=0.5)
         raise DownloadError(f"{name!r} is not in the published release"
                             + (f"; did you mean {', '.join(close)}?" if close else ""))
-    return models[name]
+    entry = models[name]
+    if entry.get("random"):
+        import warnings
+        warnings.warn(f"{name}: the published weights are RANDOM (converted for parity testing "
+                      "only); its predictions are meaningless", IndexWarning, stacklevel=3)
+    return entry
 
 
-def fetch(name: str, files=REQUIRED_FILES) -> Path:
-    """Make sure `name`'s files are in the cache (downloading what is missing); returns the
-    model's cache folder, which `zoo.create_model(name, pretrained=<folder>)` can load."""
+def _requested(entry: dict, name: str, files):
+    """(file name, index metadata, safe relative path) for each requested file; the files of a
+    model must share one folder (that folder is what `fetch` returns)."""
+    if not files:
+        raise DownloadError(f"no files requested for {name}")
+    found = []
+    for fname in files:
+        meta = entry.get("files", {}).get(fname)
+        if meta is None:
+            raise DownloadError(f"the release has no {fname} for {name}")
+        found.append((fname, meta, safe_relpath(meta["path"])))
+    if len({rel.parent for _, _, rel in found}) != 1:
+        raise DownloadError(f"index entry for {name}: all files must share one folder")
+    return found
+
+
+def fetch(name: str, files=REQUIRED_FILES, *, token: str | None = None,
+          revision: str | None = None) -> Path:
+    """Make sure `name`'s files are downloaded and match the release index; returns the model's
+    folder (in our cache, or in the Hub's for hf://), which
+    `zoo.create_model(name, pretrained=<folder>)` can load.
+
+    `token` and `revision` apply to hf:// releases (by default huggingface_hub's token and the
+    revision in ZOO_WEIGHTS_URL, else `main`)."""
     parse_name(name)
+    hf = _hf_location(base_url(), revision)
+    if hf is not None:
+        return _fetch_hf(name, files, *hf, token)
     root = cache_dir()
     if offline():
         folder = _inside(root, safe_relpath(f"models/{name}"))
         missing = [f for f in files if not (folder / f).is_file()]
         if missing:
-            raise DownloadError(f"offline (ZOO_OFFLINE=1) and {name} is not fully cached: "
+            raise DownloadError(f"{_offline_label()} and {name} is not fully cached: "
                                 f"missing {', '.join(str(folder / f) for f in missing)}")
         return folder
     entry = _model_entry(load_index(), name)
-    if entry.get("random"):
-        import warnings
-        warnings.warn(f"{name}: the published weights are RANDOM (converted for parity testing "
-                      "only); its predictions are meaningless", IndexWarning, stacklevel=2)
-    folder = None
-    for fname in files:
-        meta = entry.get("files", {}).get(fname)
-        if meta is None:
-            raise DownloadError(f"the release has no {fname} for {name}")
-        rel = safe_relpath(meta["path"])
+    for fname, meta, rel in _requested(entry, name, files):
         target = _inside(root, rel)
-        if folder is not None and target.parent != folder:
-            raise DownloadError(f"index entry for {name}: all files must share one folder")
-        folder = target.parent
         with _lock(root / "locks" / (hashlib.sha1(str(rel).encode()).hexdigest() + ".lock")):
             if target.is_file() and _sha256(target) == meta["sha256"]:
                 continue
@@ -301,9 +352,98 @@ def fetch(name: str, files=REQUIRED_FILES) -> Path:
                 raise DownloadError(f"checksum mismatch for {url}: got {digest}, index says "
                                     f"{meta['sha256']} (file deleted)")
             os.replace(part, target)
-    if folder is None:
-        raise DownloadError(f"no files requested for {name}")
-    return folder
+    return target.parent
+
+
+# ------------------------------------------------------------------------ hf:// releases
+
+def _hf_location(url: str, revision: str | None) -> tuple[str, str | None] | None:
+    """'hf://org/repo@rev' -> ('org/repo', 'rev'), `revision` overriding the URL's; None for a
+    static release (which has no revisions: asking for one is an error, not ignored)."""
+    if not url.startswith("hf://"):
+        if revision is not None:
+            raise DownloadError(f"revision={revision!r} needs an hf:// release; ZOO_WEIGHTS_URL "
+                                f"is {url}")
+        return None
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    repo, _, url_revision = url[len("hf://"):].partition("@")
+    try:
+        validate_repo_id(repo)
+    except HFValidationError as e:
+        raise DownloadError(f"ZOO_WEIGHTS_URL {url!r}: expected hf://<org>/<repo>[@<revision>] "
+                            f"({e})") from None
+    return repo, revision or url_revision or None
+
+
+def _hf_download(repo: str, filename: str, revision: str | None, token, local_only: bool) -> Path:
+    """One file through huggingface_hub (its cache, token, offline mode); DownloadError if not."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    where = f"hf://{repo}{'@' + revision if revision else ''}/{filename}"
+    # huggingface_hub reads HF_ENDPOINT once, when first imported (timm imports it early):
+    # passing it makes a mirror set later in the process count too
+    endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/") or None
+    try:
+        return Path(hf_hub_download(repo, filename, revision=revision, token=token,
+                                    local_files_only=local_only, endpoint=endpoint))
+    except LocalEntryNotFoundError as e:
+        if local_only:
+            raise DownloadError(f"{_offline_label()} and {where} is not in the Hugging Face "
+                                "cache") from None
+        raise DownloadError(f"cannot download {where}, and it is not in the Hugging Face cache: "
+                            f"{_first_line(e)}") from None
+    except (OSError, ValueError) as e:   # HfHubHTTPError (401/403/404/5xx) is an OSError
+        # the Hub answers 401 for a private repository as for a missing one
+        hint = ("; a private or gated repository needs a token: HF_TOKEN, `huggingface-cli "
+                "login` or token=" if isinstance(e, RepositoryNotFoundError) else "")
+        raise DownloadError(f"cannot download {where}: {type(e).__name__}: {_first_line(e)}"
+                            f"{hint}") from None
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [""])[0]
+
+
+def _hf_index(repo: str, revision: str | None, token, local_only: bool) -> tuple[dict, str | None]:
+    """(index, commit it was read at). The commit comes from the Hub cache's layout
+    (`snapshots/<commit>/index.json`), so a branch moving between two requests cannot give us
+    the files of another release than the index describes."""
+    path = _hf_download(repo, "index.json", revision, token, local_only)
+    if path.stat().st_size > MAX_INDEX_BYTES:
+        raise DownloadError(f"invalid release index: hf://{repo} index.json is larger than "
+                            f"{MAX_INDEX_BYTES} bytes")
+    index = _read_index(path)
+    snapshot = path.parent
+    return index, (snapshot.name if snapshot.parent.name == "snapshots" else revision)
+
+
+def _fetch_hf(name: str, files, repo: str, revision: str | None, token) -> Path:
+    local_only = offline()
+    index, commit = _hf_index(repo, revision, token, local_only)
+    entry = _model_entry(index, name)
+    for _, meta, rel in _requested(entry, name, files):
+        path = _hf_download(repo, rel.as_posix(), commit, token, local_only)
+        _check_hub_file(path, meta, f"hf://{repo}@{commit}/{rel}")
+    return path.parent
+
+
+def _check_hub_file(path: Path, meta: dict, where: str) -> None:
+    """The Hub's client checks only the size the server states: compare with the index. A file
+    that does not match is removed from the Hub cache (its snapshot link and the blob behind it),
+    so that the next attempt downloads it again instead of failing on the same bytes."""
+    size, digest = path.stat().st_size, _sha256(path)
+    if size == meta["bytes"] and digest == meta["sha256"]:
+        return
+    blob = path.resolve()
+    path.unlink(missing_ok=True)
+    # only a blob of this repository's cache folder (snapshots/<commit>/... -> ../blobs/<etag>)
+    if blob != path and blob.parent.name == "blobs" and blob.parent.parent in path.parents:
+        blob.unlink(missing_ok=True)
+    raise DownloadError(f"checksum mismatch for {where}: got {digest} ({size} bytes), the index "
+                        f"says {meta['sha256']} ({meta['bytes']} bytes); removed from the Hugging "
+                        "Face cache")
 
 
 def clear_cache() -> None:

@@ -18,6 +18,8 @@ import shutil
 import tarfile
 from pathlib import Path
 
+import yaml
+
 from zoo import faults
 from zoo.errors import ZooError
 from zoo.export import is_complete, manifest, sha256_file, write_json, write_text
@@ -79,7 +81,34 @@ def _deterministic_tgz(src: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def _card(name: str, report: dict, config: dict) -> str:
+def base_model(report: dict) -> str | None:
+    """The Hub name of the weights this model was converted from: timm's weights are Hub
+    repositories (`timm/resnet50.a1_in1k`); torchvision's have no repository, so their tagged
+    catalogue name (`torchvision/resnet50.IMAGENET1K_V2`) says which set. None when the weights
+    are not the source's (random, or the user's own checkpoint): claiming a base model would be
+    false there."""
+    w = report["weights"]
+    library, _, arch = report["source"].partition(":")
+    if w["source"] != "pretrained" or library not in ("timm", "torchvision") or not arch:
+        return None
+    return f"{library}/{arch}.{w['tag']}" if w.get("tag") else f"{library}/{arch}"
+
+
+def card_metadata(report: dict, config: dict) -> dict:
+    """The Hub's model card metadata (the README's YAML front matter)."""
+    library = report["source"].partition(":")[0]
+    meta = {"license": config.get("license") or "other", "library_name": "keras",
+            "pipeline_tag": "image-classification",
+            "tags": ["keras", "image-classification", library, "zoo"]
+            + (["random-weights"] if report["weights"]["source"] == "random" else [])}
+    base = base_model(report)
+    if base:
+        meta["base_model"] = base
+    return meta
+
+
+def model_card(name: str, report: dict, config: dict) -> str:
+    """README.md of one published model: Hub metadata, then what it is and its measured parity."""
     w = report["weights"]
     pre = config["preprocessing"]
     v = report["versions"]
@@ -92,7 +121,11 @@ def _card(name: str, report: dict, config: dict) -> str:
                    if w["source"] == "random" else "")
     tag = f", tag {w['tag']}" if w.get("tag") else ""
     size, tol = report["input_size"], report["tolerance"]
-    return f"""# {name}
+    front = yaml.safe_dump(card_metadata(report, config), sort_keys=True)
+    return f"""---
+{front}---
+
+# {name}
 {random_note}
 Keras 3 conversion of `{report['source']}` (weights: {w['source']}{tag}).
 
@@ -149,7 +182,7 @@ def build_release(out_roots, release: Path, version: str | None = None,
         dest.mkdir(parents=True, exist_ok=True)
         _copy(folder / "model.weights.h5", dest / "model.weights.h5")
         _copy(folder / "config.json", dest / "config.json")
-        write_text(dest / "README.md", _card(name, report, config))
+        write_text(dest / "README.md", model_card(name, report, config))
         if saved_model:
             _deterministic_tgz(folder / "saved_model", dest / "saved_model.tar.gz")
         faults.point("publish")   # files of a model written, index not yet: see test_faults
