@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import zoo
-from helpers import mapped, random_input, rel, torch_nhwc
+from helpers import build, mapped, plan_for, random_input, rel, torch_nhwc
 from zoo.layers.attention import FusedQKVAttention
 from zoo.layers.tokens import SelectToken, TokenEmbedding, bicubic_matrix
 from zoo.models.blocks_transformer import attention
@@ -202,6 +202,38 @@ def test_checkpoint_at_another_input_size_converts():
     assert report["input_size"] == 96 and parity["passed"]
     assert parity["max_rel"] < TOL
     assert set(parity["features"]) == {"block0", "block5", "block11"}
+
+
+# ------------------------------------------------------------------ torchvision
+
+def test_small_torchvision_vit_with_the_recipe_rules():
+    """torchvision's ViT-B is 86M parameters and runs at 224 only (tests/test_catalogue.py
+    cannot run it at its small sizes): a 2-block torchvision VisionTransformer mapped by the
+    torchvision/vit_b_16 rules (class_token at the root, encoder.pos_embedding, packed in_proj,
+    out_proj, mlp.0/3, ln_1/2, encoder.ln, heads.head) equals it, logits and both blocks."""
+    from torchvision.models import VisionTransformer
+
+    from zoo.conversion.mapping import apply_plan
+
+    module = _perturbed(VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+                                          hidden_dim=32, mlp_dim=128, num_classes=10), seed=12)
+    model = build("torchvision/vit_b_16", depth=2, dim=32, heads=2, patch=8, img_size=32,
+                  classes=10)
+    plan = plan_for("torchvision/vit_b_16", module, model)
+    assert {a.torch_key for a in plan} == set(module.state_dict())
+    apply_plan(model, plan)
+    x = random_input(32, 32, seed=13)
+    captured = {}
+    for i in (0, 1):
+        module.encoder.layers[i].register_forward_hook(
+            lambda _m, _i, out, i=i: captured.__setitem__(f"block{i}", out.numpy()))
+    ref = torch_nhwc(module, x)
+    probe = keras.Model(model.input, [model.output, model.get_layer("block0").output,
+                                      model.get_layer("block1").output])
+    logits, *blocks = probe(x)
+    assert rel(logits, ref) < 1e-5
+    for i, got in enumerate(blocks):
+        assert rel(got, captured[f"block{i}"]) < 1e-5
 
 
 # ------------------------------------------------------------------ pitfalls

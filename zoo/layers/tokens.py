@@ -56,6 +56,30 @@ def resample_grid(grid, out_h, out_w, antialias=True):
     return ops.einsum("jb,ibc->ijc", m_w, ops.einsum("ia,abc->ibc", m_h, grid))
 
 
+@keras.saving.register_keras_serializable(package="zoo")
+class PadToMultiple(keras.layers.Layer):
+    """Zero-pads an NHWC image at the bottom and right to a multiple of `multiple` (timm
+    PatchEmbed with `dynamic_img_pad=True`: `F.pad(x, (0, pad_w, 0, pad_h))`), so that every
+    pixel lands in a patch; a no-op on sizes that are multiples already."""
+
+    def __init__(self, multiple, **kwargs):
+        super().__init__(**kwargs)
+        self.multiple = int(multiple)
+
+    def call(self, x):
+        shape = ops.shape(x)
+        pad_h, pad_w = (-shape[1]) % self.multiple, (-shape[2]) % self.multiple
+        return ops.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        up = (lambda n: None if n is None else -(-n // self.multiple) * self.multiple)
+        return (b, up(h), up(w), c)
+
+    def get_config(self):
+        return {**super().get_config(), "multiple": self.multiple}
+
+
 # source -> (prefix token variable per kind, position embedding variable)
 _NAMES = {
     "timm": ({"cls": "cls_token", "dist": "dist_token", "reg": "reg_token"}, "pos_embed"),

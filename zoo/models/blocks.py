@@ -319,12 +319,16 @@ def _ending(inputs, x, top, *, include_top, pooling, classes, classifier_activat
     if features_only:
         stages = feature_layers(keras.Model(inputs, x))
         return keras.Model(inputs, [layer.output for layer in stages], name=name)
+    # tokens (B, N, C) (vision transformers) pool over the token axis, maps over H and W
+    one_d = len(x.shape) == 3
     if include_top:
         x = (top or pooled_top())(x, classes, classifier_activation)
     elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        pool = keras.layers.GlobalAveragePooling1D if one_d else keras.layers.GlobalAveragePooling2D
+        x = pool(name="avg_pool")(x)
     elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+        pool = keras.layers.GlobalMaxPooling1D if one_d else keras.layers.GlobalMaxPooling2D
+        x = pool(name="max_pool")(x)
     elif pooling is not None:
         raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
     return keras.Model(inputs, x, name=name)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import keras
 
-from zoo.layers.tokens import SelectToken, TokenEmbedding
+from zoo.layers.tokens import PadToMultiple, SelectToken, TokenEmbedding
 from zoo.models.blocks import application, stage_end
 from zoo.models.blocks_transformer import layer_norm, patch_embed, transformer_block
 
@@ -45,18 +45,21 @@ def _top(distilled):
 @application("vit")
 def vit(inputs, depth, dim, heads, patch=16, img_size=224, mlp_ratio=4.0, qkv_bias=True,
         norm_eps=1e-6, distilled=False, reg_tokens=0, no_embed_class=False, ls_init=None,
-        naming="timm"):
+        naming="timm", pad_to_patch=False):
     """ViT / DeiT on NHWC input normalised like the source.
 
     img_size: the (square) size the position embedding was trained for (its grid is
     img_size // patch); any input size runs, the embedding is resampled to it. distilled: DeiT's
     distillation token and second head. reg_tokens, no_embed_class, ls_init: register tokens,
     prefix tokens without position, layer scale (DINOv2 / DeiT-3 style). naming: "timm" or
-    "torchvision" variable names of the token layer.
+    "torchvision" variable names of the token layer. pad_to_patch: zero-pad the input at the
+    bottom/right to a multiple of the patch (timm `dynamic_img_pad=True`); otherwise a border
+    smaller than a patch is dropped (torch's strided conv; timm without it refuses such sizes).
     Returns logits by default; `include_top=False` ends at the normalised tokens (B, N, C),
     timm's `forward_features`.
     """
-    x = patch_embed(inputs, dim, patch, "patch_embed")
+    x = PadToMultiple(patch, name="patch_pad")(inputs) if pad_to_patch else inputs
+    x = patch_embed(x, dim, patch, "patch_embed")
     grid = img_size // patch
     x = TokenEmbedding((grid, grid), prefix=("cls", "dist") if distilled else ("cls",),
                        reg_tokens=reg_tokens, embed_prefix=not no_embed_class, naming=naming,
