@@ -33,6 +33,11 @@ MODULES = {
     "ConstantPad2d": "keras ZeroPadding2D / explicit pad (value checked by the builder)",
     "Permute": "no-op: Keras is channels-last throughout (torchvision ConvNeXt NCHW<->NHWC)",
     "StochasticDepth": "identity at inference (torchvision)",
+    # vision transformers (zoo/models/blocks_transformer.py, zoo/layers/tokens.py, attention.py)
+    "MultiheadAttention": "Dense (transform mha_in_proj, packed q|k|v) + zoo.layers."
+                          "FusedQKVAttention + Dense out_proj (self-attention only)",
+    "NonDynamicallyQuantizableLinear": "keras Dense (transform linear; MultiheadAttention.out_proj)",
+    "LayerScale": "zoo.layers.LayerScale (timm ls1/ls2 gamma, transform identity)",
 }
 
 # containers: executed, but hold no computation of their own
@@ -51,13 +56,16 @@ FUNCTIONS = {
     "leaky_relu", "mish", "hardtanh", "relu6", "type_as", "numel", "__len__", "__iter__",
     "__eq__", "__ne__", "__lt__", "__gt__", "__le__", "__ge__", "__bool__", "__index__",
     "is_floating_point", "__format__", "__hash__", "__contains__", "__get__", "_assert",
+    # attention (zoo.layers.FusedQKVAttention: keras.ops.dot_product_attention on the fused qkv)
+    "scaled_dot_product_attention", "multi_head_attention_forward", "unbind",
     # tensor constructors: constants, converted as constants
     "tensor", "zeros", "ones", "arange", "full", "zeros_like", "ones_like", "empty",
 }
 
 # ops that index NCHW axes explicitly: supported, but every axis must be translated to NHWC
 AXIS_SENSITIVE = {"reshape", "view", "permute", "transpose", "flatten", "cat", "concat", "chunk",
-                  "split", "mean", "sum", "amax", "softmax", "squeeze", "unsqueeze", "norm"}
+                  "split", "mean", "sum", "amax", "softmax", "squeeze", "unsqueeze", "norm",
+                  "unbind"}
 
 # torch.nn modules zoo has no builder block for, but Keras has a counterpart under another name
 # (same-named ones, e.g. Conv1d -> Conv1D, Softsign -> softsign, are found by the audit itself).
@@ -70,7 +78,6 @@ KERAS_TWINS = {
     "UpsamplingBilinear2d": "keras.layers.Resizing (torch uses align_corners=True here)",
     "PixelShuffle": "keras.ops.depth_to_space (channel order differs: permute the preceding conv)",
     "ConvTranspose2d": "keras.layers.Conv2DTranspose (kernel (in, out, kh, kw) -> (kh, kw, out, in))",
-    "MultiheadAttention": "keras.layers.MultiHeadAttention (split in_proj weights per head)",
     "ELU": "keras.layers.ELU", "SELU": "keras.activations.selu", "Softplus": "keras.activations.softplus",
     "Hardtanh": "keras.ops.clip", "Embedding": "keras.layers.Embedding",
     "InstanceNorm2d": "keras.layers.GroupNormalization(groups=-1)",
