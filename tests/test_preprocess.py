@@ -303,7 +303,9 @@ def test_include_preprocessing_is_preprocess_then_model(converted, tmp_path):
     import keras
 
     out_dir, _ = converted("timm/resnet18")
-    model = zoo.create_model("timm/resnet18", pretrained=out_dir, include_preprocessing=True)
+    model = zoo.create_model("timm/resnet18", pretrained=out_dir / "model.weights.h5",
+                             include_preprocessing=True)
+    assert model.get_layer("center_crop").size == SMALL   # the converted config's, not the recipe's
     bare = zoo.create_model("timm/resnet18", pretrained=out_dir)
     img = photos()["coffee"]
     expected = np.asarray(bare(zoo.preprocess(out_dir, img[None])))

@@ -228,9 +228,11 @@ def transform_from_config(preprocessing: dict, size: int, source: str = "",
 
 
 def eval_transform(name_or_dir, size: int | None = None) -> EvalTransform:
-    """The evaluation transform of a converted model (`outputs/<name>` folder: its config.json) or
-    of a catalogue name (its recipe variant)."""
+    """The evaluation transform of a converted model (`outputs/<name>` folder or its
+    `.weights.h5`: the config.json beside it) or of a catalogue name (its recipe variant)."""
     path = Path(name_or_dir)
+    if path.name.endswith(".weights.h5"):
+        path = path.parent
     if (path / "config.json").is_file():
         cfg = json.loads((path / "config.json").read_text())
         pre, recorded, source = cfg["preprocessing"], cfg["input_size"], cfg.get("source", "")
