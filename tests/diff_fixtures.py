@@ -27,3 +27,18 @@ def resnet_same_padding(**kwargs):
         return resnet(**kwargs)
     finally:
         resnet_module.conv2d = original
+
+
+
+def landmarks_no_permute(input_shape=(48, 48, 3), **_):
+    """io_models.landmarks_keras with its Permute layer replaced by an Identity: the Flatten takes
+    the NHWC map in (H, W, C) order, while torch permutes to (W, H, C) before flattening (same
+    layers, names and weight shapes, so the mapping succeeds and only the numbers show it)."""
+    from io_models import landmarks_keras
+
+    def clone(layer):
+        if isinstance(layer, keras.layers.Permute):
+            return keras.layers.Identity(name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    return keras.models.clone_model(landmarks_keras(input_shape), clone_function=clone)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from zoo.conversion.flatten_order import CHW, HWC, describe, find, keras_permute, same
 from zoo.conversion.forward import as_inputs, feature_layout, run
 from zoo.conversion.torch_first import torch
 from zoo.io_spec import to_torch
@@ -24,10 +25,11 @@ def _keras_input(layer):
     module pads internally, so its input is the unpadded tensor)."""
     import keras
 
+    pads = (keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D, keras.layers.ZeroPadding3D)
     t = layer.input
     while True:
         producer = t._keras_history.operation if hasattr(t, "_keras_history") else None
-        if isinstance(producer, keras.layers.ZeroPadding2D):
+        if isinstance(producer, pads):
             t = producer.input
         else:
             return t
@@ -88,7 +90,11 @@ def _layer_hypotheses(module, x, y_keras, baseline):
         if w.shape[2] > 1:
             test("wrong stride", lambda: F.conv2d(x, w, b, 1, pd, dl, g)[..., ::st[0], ::st[1]]
                  if st != (1, 1) else F.conv2d(x, w, b, 2, pd, dl, g))
-    elif isinstance(module, torch.nn.BatchNorm2d):
+    elif isinstance(module, torch.nn.Conv1d) and module.weight.shape[2] > 1:
+        test("kernel taps reversed (the kernel's length axis flipped)",
+             lambda: F.conv1d(x, module.weight.flip(2), module.bias, module.stride,
+                              module.padding, module.dilation, module.groups))
+    elif isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
         for eps in (1e-3, 1e-5, 1e-6, 1e-12, 1.001e-5):
             if not np.isclose(eps, module.eps):
                 test(f"wrong eps: keras uses {eps:g}, torch {module.eps:g}",
@@ -134,6 +140,62 @@ def _between_hypotheses(z_torch, x_torch, x_keras):
     return []
 
 
+def _flatten_hypotheses(maps, x_torch, x_keras, tolerance):
+    """A Linear's input differs: does it hold the last compared 4-D map's values (torch layout,
+    agreeing on both sides) flattened in another axis order on each side?"""
+    if maps is None or x_torch is None or np.ndim(x_torch) != 2 or np.shape(x_torch) != np.shape(x_keras):
+        return []
+    t, k = find(maps, x_torch, tolerance), find(maps, x_keras, tolerance)
+    if not (t and k and t["orders"] and k["orders"]):
+        return []
+    (to, *_), (ko, *_), chw = t["orders"], k["orders"], t["chw"]
+    if same(to, ko, chw):
+        return []
+    if same(to, CHW, chw) and same(ko, HWC, chw):
+        fix = (f"use transform linear_after_flatten (args: {{chw: {list(chw)}}}) for the Linear, "
+               f"or add keras.layers.Permute({keras_permute(to)}) before the Flatten")
+    else:
+        fix = (f"add keras.layers.Permute({keras_permute(to)}) before the Flatten (then transform "
+               f"linear): no transform reorders rows between these orders")
+    return [f"flatten order: torch flattens {describe(to)}, the Keras model {describe(ko)}: {fix}"]
+
+
+# ops that pass a tensor on unchanged at inference: the activation after a mapped module is the
+# first other op that consumes it
+_PASS_THROUGH = {"detach", "clone", "contiguous", "dropout", "alpha_dropout", "feature_dropout",
+                 "feature_alpha_dropout", "to", "cpu", "float", "__get__"}
+
+
+class _Consumers(torch.overrides.TorchFunctionMode):
+    """During the torch forward pass, the first op applied to each watched tensor (a mapped
+    module's output whose Keras twin fuses an activation), whether a module (nn.Softmax) or a
+    call (torch.relu) applies it: {torch module: (result, op name)}."""
+
+    def __init__(self):
+        super().__init__()
+        self.watch, self.found = {}, {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        entry = self.watch.get(id(args[0])) if args else None
+        if entry is not None and entry[0] is args[0] and torch.is_tensor(out) \
+                and out.shape == args[0].shape:
+            name = getattr(func, "__name__", str(func))
+            if name in _PASS_THROUGH:
+                self.watch[id(out)] = (out, entry[1])
+            elif entry[1] not in self.found:
+                self.found[entry[1]] = (out.detach().clone().numpy(), name)
+        return out
+
+
+def _fused_activation(layer):
+    """The activation a Keras layer applies after its weights (Dense/Conv activation=...), or
+    None."""
+    act = getattr(layer, "activation", None)
+    name = getattr(act, "__name__", None)
+    return None if act is None or name in (None, "linear") else name
+
+
 def _norm_output_module(module):
     """Where a module's own output appears. timm's BatchNormAct2d/GroupNormAct apply their
     activation inside forward(), while the Keras twin is the norm alone with the activation as the
@@ -153,6 +215,9 @@ def layer_diff(tm, model, plan, inputs, tolerance, in_specs=None) -> dict:
     layout = feature_layout(in_specs)
     pairs = _pairs(plan)
     modules = dict(tm.module.named_modules())
+    layers = {kname: model.get_layer(kname) for _, kname in pairs}
+    fused = {t: a for t, k in pairs if (a := _fused_activation(layers[k]))}
+    consumers = _Consumers()
     captured, order, hooks, consumed = {}, [], [], {}
     for tname, _ in pairs:
         # copies: in-place activations (ReLU(inplace=True)) overwrite these tensors later
@@ -164,31 +229,38 @@ def layer_diff(tm, model, plan, inputs, tolerance, in_specs=None) -> dict:
             if tname not in captured:
                 order.append(tname)
                 captured[tname] = (consumed.get(tname), out.detach().clone().numpy())
+                if tname in fused:   # compare with what torch applies next, as Keras fuses it
+                    consumers.watch[id(out)] = (out, tname)
         module = modules[tname]
         hooks.append(module.register_forward_pre_hook(pre_hook))
         hooks.append(_norm_output_module(module).register_forward_hook(hook))
     try:
-        run(tm.module, inputs, in_specs)
+        with consumers:
+            run(tm.module, inputs, in_specs)
     finally:
         for h in hooks:
             h.remove()
 
-    layers = {kname: model.get_layer(kname) for _, kname in pairs}
     outs = [t for k in layers for t in (_keras_input(layers[k]), layers[k].output)]
     res = keras.Model(model.input, outs).predict_on_batch(feed(model, inputs))
     kres = {k: (to_torch(np.asarray(res[2 * i]), layout), to_torch(np.asarray(res[2 * i + 1]), layout))
             for i, k in enumerate(layers)}
 
     by_torch = dict(pairs)
-    rows, first, prev_out = [], None, None
+    rows, first, prev_out, last_map = [], None, None, None
     for tname in order:
         kname = by_torch[tname]
         x_t, y_t = captured[tname]
         x_k, y_k = kres[kname]
+        op = None
+        if tname in fused:
+            y_t, op = consumers.found.get(tname, (y_t, None))
         m = compare(y_t, y_k)
         row = {"torch": tname, "keras": kname, "type": type(modules[tname]).__name__,
                "max_abs": m.get("max_abs"), "max_rel": m["max_rel"], "cosine": m.get("cosine"),
                "input_max_rel": _rel(x_t, x_k) if x_t is not None else None}
+        if tname in fused:
+            row["fused"] = {"keras": fused[tname], "torch": op}
         row["ok"] = bool(m["max_rel"] <= tolerance)
         rows.append(row)
         if first is None and not row["ok"]:
@@ -198,14 +270,20 @@ def layer_diff(tm, model, plan, inputs, tolerance, in_specs=None) -> dict:
                 found = _layer_hypotheses(modules[tname], x_t, y_k, row["max_rel"])
                 where = f"in layer {kname!r} itself (its input agrees, its output does not)"
             else:
-                found = _between_hypotheses(prev_out, x_t, x_k)
+                found = (_flatten_hypotheses(last_map, x_t, x_k, tolerance)
+                         or _between_hypotheses(prev_out, x_t, x_k))
                 where = (f"before layer {kname!r}: its input already differs, so an op without "
                          f"weights between the previous compared layer and it is wrong "
                          f"(activation, pooling, padding, reshape/permute axes)")
+            if tname in fused and not found:
+                found = [f"the Keras layer applies {fused[tname]} after its weights; torch applies "
+                         + (f"{op} to the module's output" if op else "nothing that was traced")]
             first["where"] = where
             first["diagnosis"] = found or ["no single known mistake reproduces it: compare the "
                                            "builder's block with the torch forward()"]
         prev_out = y_t
+        if np.ndim(y_t) == 4:
+            last_map = y_t
     return {"tolerance": tolerance, "rows": rows, "first_divergent": first}
 
 
@@ -216,7 +294,9 @@ def format_diff(result: dict) -> str:
     for r in result["rows"]:
         mark = ">>" if first is not None and r is first or (first and r["torch"] == first["torch"]) \
             else ("  " if r["ok"] else " !")
-        lines.append(f"{mark}{r['torch'][:34]:34s} {r['keras'][:30]:30s} {r['max_abs']:10.2e} "
+        torch_name = r["torch"] + (f" +{r['fused']['torch']}" if r.get("fused", {}).get("torch")
+                                   else "")
+        lines.append(f"{mark}{torch_name[:34]:34s} {r['keras'][:30]:30s} {r['max_abs']:10.2e} "
                      f"{r['max_rel']:10.2e} {r['cosine']:9.6f}")
     if first is None:
         lines.append(f"\nevery layer agrees within {result['tolerance']:g}")

@@ -9,6 +9,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from zoo.conversion.draft.model import MAX_NAMED, KerasLayer, Pair, TorchModule
+from zoo.conversion.flatten_order import CHW, HWC, describe, keras_flatten, keras_permute, same
 from zoo.conversion.torch_first import torch
 from zoo.transforms import TRANSFORMS
 
@@ -28,9 +29,11 @@ NAME_MARGIN = 0.02
 
 # torch module class (any class in its MRO) -> transforms it can use; first match wins
 _TORCH_HINTS = (("GroupNorm", {"groupnorm"}), ("LayerNorm", {"layernorm"}),
-                ("BatchNorm", {"batchnorm"}), ("PReLU", {"prelu"}), ("Linear", {"linear"}))
+                ("BatchNorm", {"batchnorm"}), ("PReLU", {"prelu"}), ("Linear", {"linear"}),
+                ("Conv1d", {"conv1d"}))
 # keras layer class -> transforms
-_KERAS_HINTS = (("DepthwiseConv2D", {"depthwise"}), ("Conv2D", {"conv2d"}), ("Dense", {"linear"}),
+_KERAS_HINTS = (("DepthwiseConv2D", {"depthwise"}), ("Conv2D", {"conv2d"}), ("Conv1D", {"conv1d"}),
+                ("Dense", {"linear"}),
                 ("BatchNormalization", {"batchnorm"}), ("LayerNormalization", {"layernorm"}),
                 ("GroupNormalization", {"groupnorm"}), ("PReLU", {"prelu"}))
 
@@ -196,30 +199,39 @@ def align(tmods: list[TorchModule], klayers: list[KerasLayer]) -> list[Pair]:
 
 
 def _after_flatten(pair: Pair) -> None:
-    """A Dense fed by a Flatten of NHWC (H, W, C) features with H*W > 1 needs its rows reordered
-    from torch's NCHW flatten order: linear_after_flatten with chw = [C, H, W]."""
+    """A Dense fed by a Flatten of a spatial map: the transform follows the two flatten orders,
+    torch's as traced (its forward may permute first) and the Keras graph's (a Permute before
+    the Flatten): the same order -> linear; torch (C, H, W) and Keras (H, W, C) ->
+    linear_after_flatten with chw; anything else no transform reorders: say so."""
     if pair.transform != "linear" or pair.keras.layer is None:
         return
-    import keras
-
-    try:
-        t = pair.keras.layer.input
-        while True:
-            producer = t._keras_history.operation
-            if isinstance(producer, keras.layers.Flatten):
-                shape = tuple(producer.input.shape)
-                break
-            if not isinstance(producer, (keras.layers.Dropout, keras.layers.Identity,
-                                         keras.layers.Activation, keras.layers.ReLU)):
-                return
-            t = producer.input
-    except Exception:  # noqa: BLE001 - shared layers, subclassed models: leave it as linear
+    found = keras_flatten(pair.keras.layer)
+    if found is None:
         return
-    if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]) or shape[1] * shape[2] == 1:
+    korder, (h, w, c) = found
+    if h * w == 1 or c * h * w != pair.torch.arrays["weight"].shape[1]:
         return
-    h, w, c = shape[1:]
-    if "linear_after_flatten" in TRANSFORMS and c * h * w == pair.torch.arrays["weight"].shape[1]:
-        pair.transform, pair.args = "linear_after_flatten", {"chw": [c, h, w]}
-        pair.note = (f"{pair.keras.path} follows a Flatten of (H, W, C) = ({h}, {w}, {c}): rows "
-                     f"reordered from torch's (C, H, W) flatten (linear_after_flatten)")
-
+    chw, k = (c, h, w), pair.keras.path
+    traced = pair.torch.flatten
+    torder = traced["orders"][0] if traced and traced["orders"] and traced["chw"] == chw else None
+    if torder is None:
+        why = ("the traced values fit no single axis order" if traced and traced["chw"] == chw
+               else "no flattened 4-D map of that shape was traced before it")
+        if same(korder, HWC, chw):
+            pair.transform, pair.args = "linear_after_flatten", {"chw": list(chw)}
+        pair.doubt = (f"{k} follows a Flatten of {describe(korder)}, but torch's flatten order is "
+                      f"unknown ({why}); chose {pair.transform} assuming torch flattens NCHW "
+                      f"directly, i.e. {describe(CHW)}")
+    elif same(torder, korder, chw):
+        how = "" if same(torder, CHW, chw) else " (its forward permutes first)"
+        pair.note = (f"torch flattens {describe(torder)}{how} and the Keras model's Flatten "
+                     f"before {k} does too: plain linear")
+    elif same(torder, CHW, chw) and same(korder, HWC, chw):
+        pair.transform, pair.args = "linear_after_flatten", {"chw": list(chw)}
+        pair.note = (f"{k} follows a Flatten of (H, W, C) = ({h}, {w}, {c}): rows reordered from "
+                     f"torch's (C, H, W) flatten (linear_after_flatten)")
+    else:
+        pair.doubt = (f"torch flattens {describe(torder)}, the Keras model {describe(korder)}; no "
+                      f"transform reorders rows between these: add "
+                      f"keras.layers.Permute({keras_permute(torder)}) right before the Flatten "
+                      f"feeding {k} (then transform linear)")

@@ -25,11 +25,13 @@ def rule_data(rule: DraftRule) -> dict:
 
 
 def recipe_data(name, source, source_kwargs, builder, builder_kwargs, rules, features,
-                classifier) -> dict:
+                classifier, io: dict | None = None) -> dict:
+    """io: `input_size`, `inputs`, `outputs` where they differ from the defaults."""
     torch_spec = {"source": source} | ({"kwargs": source_kwargs} if source_kwargs else {})
     keras_spec = {"builder": builder} | ({"kwargs": builder_kwargs} if builder_kwargs else {})
     data = {"family": name.split("/", 1)[1],
             "description": f"Draft mapping {source} -> {builder}; review before use."}
+    data.update(io or {})
     if classifier:
         data["classifier"] = classifier
     if features:
@@ -60,21 +62,29 @@ def attach_comments(text: str, above: dict[tuple, list[str]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def draft_text(data: dict, rules: list[DraftRule], source: str, builder: str, trace_size: int,
-               feature_note: str | None, notes: list[str], unmatched_torch, unmatched_keras) -> str:
+def draft_text(data: dict, rules: list[DraftRule], source: str, builder: str, traced: str,
+               feature_note: str | None, notes: list[str], unmatched_torch, unmatched_keras,
+               io_notes: dict[str, list[str]] | None = None) -> str:
     """The YAML draft: `data` dumped, with the header, the uncertain rules' comments and the list
-    of unmatched tensors (name and shape) as comments."""
+    of unmatched tensors (name and shape) as comments. traced: the traced input, in words;
+    io_notes: comments above the `inputs`/`outputs` keys."""
     header = [f"DRAFT written by scripts/new_recipe.py: {source} -> Keras builder {builder}.",
               "Review every rule (comments mark those chosen by order only, with several fitting",
               "transforms or with differing hyper-parameters), then set preprocessing, input_size,",
               "features and tolerance. Schema: docs/recipe-format.md",
-              "input_size: 224         # TODO: validation resolution",
-              "preprocessing: {...}    # TODO: mean/std/interpolation/crop_pct (timm's and "
-              "torchvision's own are applied at conversion)"]
+              f"traced at {traced}"]
+    free = any(None in i["shape"] for i in data.get("inputs", [{"shape": [None]}]))
+    if "input_size" not in data and free:
+        header.append("input_size: 224         # TODO: validation resolution")
+    header.append("preprocessing: {...}    # TODO: mean/std/interpolation/crop_pct (timm's and "
+                  "torchvision's own are applied at conversion)")
     above: dict[tuple, list[str]] = {("family",): header}
+    for key, comments in (io_notes or {}).items():
+        if comments and key in data:
+            above[key,] = comments
     if "features" in data:
         above["features",] = [f"inferred: keras stage<i> layers and the torch module with the same "
-                              f"output shape at {trace_size}x{trace_size}; review"]
+                              f"output shape at {traced}; review"]
     if feature_note:
         above["ignore",] = [feature_note]
     above["mapping",] = ["regex over the torch module path -> keras layer, first match wins"] + \

@@ -1,13 +1,14 @@
-"""The recipe's `features` (Keras stage<i> layers and the torch module with the same output) and
-the classifier's class count (zoo.conversion.draft)."""
+"""The recipe's `features`: Keras stage<i> layers and the torch module with the same output
+(zoo.conversion.draft)."""
 from __future__ import annotations
 
 import re
 
 
-def _infer_features(model, pairs, trace, trace_size, in_chans):
+def _infer_features(model, pairs, trace, keras_input_shape):
     """[torch module, keras layer] for each keras layer named stage<i>, checked by output shape
-    at trace_size: the outermost ancestor of the last torch module matched before the stage layer
+    at the traced input (keras_input_shape: batch-1 NHWC; None: not a single image input): the
+    outermost ancestor of the last torch module matched before the stage layer
     that holds nothing matched after it (nor before the previous stage layer); failing that, the
     last module that runs after that torch module and before the next stage's (e.g. the
     parameter-free max-pool that ends a VGG stage)."""
@@ -16,11 +17,12 @@ def _infer_features(model, pairs, trace, trace_size, in_chans):
     executed, shapes = trace
     names = [lay.name for lay in model.layers]
     stages = sorted((n for n in names if re.fullmatch(r"stage\d+", n)), key=lambda n: int(n[5:]))
-    if not stages or not shapes:
-        return [], "features: TODO (no keras layer named stage<i>, or no forward pass)"
+    if not stages or not shapes or keras_input_shape is None:
+        return [], ("features: TODO (no keras layer named stage<i>, or not a single image "
+                    "input)")
     try:
         feat = keras.Model(model.inputs, [model.get_layer(n).output for n in stages])
-        specs = feat.compute_output_spec(keras.KerasTensor((1, trace_size, trace_size, in_chans)))
+        specs = feat.compute_output_spec(keras.KerasTensor(keras_input_shape))
         specs = specs if isinstance(specs, (list, tuple)) else [specs]
         kshapes = {n: tuple(s.shape) for n, s in zip(stages, specs)}
     except Exception:  # noqa: BLE001
@@ -61,11 +63,4 @@ def _infer_features(model, pairs, trace, trace_size, in_chans):
     if missing:
         note = f"features: TODO for {', '.join(missing)} (no torch module with the same output)"
     return out, note
-
-
-def _num_classes(module, state_keys_2d):
-    n = getattr(module, "num_classes", None)
-    if isinstance(n, int) and not isinstance(n, bool):
-        return n
-    return state_keys_2d[-1] if state_keys_2d else None
 

@@ -27,6 +27,7 @@ class TorchModule:
     type_name: str
     index: int                          # state_dict order
     rank: int = 0                       # execution order (see _execution_order)
+    flatten: dict | None = None         # a Linear fed a flattened map: flatten_order.find()
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Pair:
     alternatives: list[str] = field(default_factory=list)   # what else fits, for the comment
     args: dict = field(default_factory=dict)                 # transform args
     note: str | None = None
+    doubt: str | None = None            # an undecided choice the reviewer must make
 
 
 @dataclass
@@ -66,12 +68,13 @@ class DraftRule:
 
     @property
     def unsure(self) -> bool:
-        return any(p.decided_by == "order" or len(p.transforms) > 1 or p.problems
+        return any(p.decided_by == "order" or len(p.transforms) > 1 or p.problems or p.doubt
                    for p in self.pairs)
 
     @property
     def comments(self) -> list[str]:
         out = [f"note: {n}" for n in dict.fromkeys(p.note for p in self.pairs if p.note)]
+        out += [f"unsure: {d}" for d in dict.fromkeys(p.doubt for p in self.pairs if p.doubt)]
         order = [p for p in self.pairs if p.decided_by == "order"]
         if order:
             head = (f"unsure: chosen by order only (names do not decide) for {len(order)} of "

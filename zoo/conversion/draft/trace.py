@@ -1,15 +1,20 @@
 """The two sides of a draft: torch tensors grouped by module in execution order (one traced
-forward pass), Keras variables grouped by layer in `model.weights` order."""
+forward pass at the declared inputs), Keras variables grouped by layer in `model.weights` order."""
 from __future__ import annotations
 
 import re
 
-from zoo.conversion.draft.model import KerasLayer, TorchModule
+from zoo.conversion.draft.model import DraftError, KerasLayer, TorchModule
+from zoo.conversion.flatten_order import find
+from zoo.conversion.forward import run
 from zoo.conversion.mapping import _owners
 from zoo.conversion.torch_first import torch
+from zoo.io_spec import to_torch
 
 
-def _torch_side(module, ignore, trace_size, in_chans):
+def _torch_side(module, ignore, inputs, specs):
+    """(torch modules in execution order, (executed, shapes), the torch result) from one forward
+    pass at the declared inputs; each Linear after a flatten gets the flatten order it saw."""
     state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
     named = dict(module.named_modules())
     groups: dict[str, TorchModule] = {}
@@ -24,41 +29,66 @@ def _torch_side(module, ignore, trace_size, in_chans):
         groups[path].leaves[leaf] = key
         groups[path].arrays[leaf] = arr
     mods = list(groups.values())
-    executed, shapes, note = _trace(module, named, trace_size, in_chans)
+    executed, shapes, result, flattened = _trace(module, named, inputs, specs)
     _execution_order(mods, executed)
-    return mods, (executed, shapes), note
+    for m in mods:
+        m.flatten = flattened.get(m.path)
+    return mods, (executed, shapes), result
 
 
-def _trace(module, named, size, in_chans):
+def _shapes_text(inputs, specs):
+    return ", ".join(f"{s.name} {list(to_torch(inputs[s.name], s.layout).shape)}" for s in specs)
+
+
+def _trace(module, named, inputs, specs):
     """One forward pass: first-call order of every module (forward hook, i.e. when its call
-    ends) and the output shape of every module."""
+    ends), the output shape of every module, the result, and for each Linear fed a flattened
+    4-D map, in which axis order the last 4-D tensor a module returned was flattened."""
     executed: dict[str, int] = {}
     shapes: dict[str, tuple] = {}
+    flattened: dict[str, dict] = {}
+    last_map = []      # the last 4-D tensor a module returned (kept by reference: one at a time)
     hooks = []
 
     def hook(path):
         def fn(_m, _i, out):
+            if torch.is_tensor(out) and out.dim() == 4:
+                last_map[:] = [out]
             if path not in executed:
                 executed[path] = len(executed)
                 if torch.is_tensor(out):
                     shapes[path] = tuple(out.shape)
         return fn
 
+    def pre_hook(path):
+        def fn(_m, inp):
+            x = inp[0] if inp else None
+            if path in flattened or not last_map or not torch.is_tensor(x) or x.dim() != 2:
+                return
+            found = find(last_map[0].detach().numpy(), x.detach().numpy())
+            if found is not None:
+                flattened[path] = found
+        return fn
+
     for path, m in named.items():
         hooks.append(m.register_forward_hook(hook(path)))
-    note = None
+        if isinstance(m, torch.nn.Linear):
+            hooks.append(m.register_forward_pre_hook(pre_hook(path)))
     try:
-        with torch.no_grad():
-            module(torch.zeros(1, in_chans, size, size))
-    except Exception as e:  # noqa: BLE001 - any model failure: fall back to state_dict order
-        note = (f"note: the forward pass at {size}x{size} failed ({type(e).__name__}: {e}); "
-                f"torch modules were ordered by state_dict order instead of execution order")
-        executed.clear()
-        shapes.clear()
+        result = run(module, inputs, specs)
+    except Exception as e:  # noqa: BLE001 - any failure of the user's forward: say what to pass
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise DraftError(
+            f"the torch forward pass failed at the input {_shapes_text(inputs, specs)} (torch "
+            f"layout, batch first): {type(e).__name__}: {first}\nIf the model takes another "
+            f"input, declare it: --input-size H[xW] for one image input of another size (e.g. "
+            f"--input-size 48, or 48x64), or --inputs with the recipe's `inputs:` list, e.g. "
+            f"--inputs '[{{name: waveform, layout: sequence, shape: [1, 16000]}}]' "
+            f"(docs/recipe-format.md)") from None
     finally:
         for h in hooks:
             h.remove()
-    return executed, shapes, note
+    return executed, shapes, result, flattened
 
 
 def _execution_order(mods, executed):
