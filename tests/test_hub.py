@@ -43,7 +43,7 @@ def server(release, monkeypatch, tmp_path):
 def _golden(converted):
     out_dir, _ = converted(NAME)
     with np.load(out_dir / "golden.npz") as z:
-        return z["inputs"], z["logits"]
+        return z["input/image"], z["output/logits"]
 
 
 def _cached_files(tmp_path):
@@ -250,8 +250,8 @@ def test_download_and_load_without_torch(server, converted, tmp_path):
             "import numpy as np, zoo\n"
             f"z = np.load({str(inputs_path)!r})\n"
             f"m = zoo.create_model({NAME!r}, pretrained=True)\n"
-            "got = m.predict_on_batch(z['inputs'])\n"
-            "assert np.abs(got - z['logits']).max() / np.abs(z['logits']).max() < 1e-5\n"
+            "got = m.predict_on_batch(z['input/image'])\n"
+            "assert np.abs(got - z['output/logits']).max() / np.abs(z['output/logits']).max() < 1e-5\n"
             "print('OK')\n")
     proc = run_python(code, env={"ZOO_WEIGHTS_URL": server.url,
                                  "ZOO_CACHE_DIR": str(tmp_path / "c2")})

@@ -55,7 +55,15 @@ def create_model(name, pretrained=False, num_classes=None, include_top=True, inp
     import zoo.layers  # noqa: F401 - custom layers used by builders
     from zoo.models import get_builder
 
-    variant, _tag = catalog.get_variant(name)
+    if pretrained is False and (Path(str(name)) / "config.json").is_file():
+        name, pretrained = json.loads((Path(name) / "config.json").read_text())["name"], name
+    variant = _catalogue_variant(name, pretrained)
+    if variant is None or variant.builder.startswith("python:"):
+        # a user's model: its own builder, as the recipe or config.json records it
+        options = dict(num_classes=num_classes, include_top=include_top, pooling=pooling,
+                       classifier_activation=classifier_activation, features_only=features_only,
+                       out_indices=out_indices, include_preprocessing=include_preprocessing)
+        return _user_model(name, variant, pretrained, input_shape, options)
     kwargs = dict(variant.builder_kwargs)
     weights = None
     if pretrained is True:
@@ -105,6 +113,51 @@ def create_model(name, pretrained=False, num_classes=None, include_top=True, inp
         if layer.weights:
             layer.set_weights(full.get_layer(layer.name).get_weights())
     return model
+
+
+def _catalogue_variant(name, pretrained):
+    """The recipe variant of `name`, or None for a model that is not in this catalogue but whose
+    converted folder (`pretrained`) records how to build it."""
+    from zoo.errors import UnknownModelError
+
+    try:
+        return catalog.get_variant(name)[0]
+    except UnknownModelError:
+        if pretrained in (False, None, True):
+            raise
+        return None
+
+
+_DEFAULTS = dict(num_classes=None, include_top=True, pooling=None, classifier_activation=None,
+                 features_only=False, out_indices=None, include_preprocessing=False)
+
+
+def _user_model(name, variant, pretrained, input_shape, options):
+    """A model with its own (`python:`) Keras builder, built as it was converted: the builder and
+    its kwargs from config.json (or the recipe, without weights). The keras.applications options
+    are for the catalogue's builders, which all take them; a user's builder is called as is."""
+    from zoo.models import build, builder_kwargs
+
+    changed = sorted(k for k, v in options.items() if v != _DEFAULTS[k])
+    if changed:
+        raise ZooError(f"{name}: {changed} apply to the catalogue's builders; {name} has its own "
+                       f"Keras builder, which create_model builds as converted")
+    if pretrained:
+        config, weights = _config_for(pretrained)
+        if config.get("name") != name:
+            raise ZooError(f"{pretrained} holds a {config.get('name')} model, not {name}")
+        kwargs = dict(config["builder_kwargs"])
+        if input_shape is not None:
+            kwargs = builder_kwargs(config["builder"], kwargs, input_shape=input_shape)
+        try:
+            model = build(config["builder"], kwargs)
+        except ZooError as e:
+            raise ZooError(f"{e} (the builder {pretrained}/config.json records; make its module "
+                           f"importable, e.g. on PYTHONPATH)") from None
+        model.load_weights(weights)
+        return model
+    return build(variant.builder, builder_kwargs(variant.builder, variant.builder_kwargs,
+                                                 input_shape=input_shape))
 
 
 def _stage_layers(model, out_indices=None) -> list[str]:

@@ -133,13 +133,21 @@ def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
-def parity_cell(worst, per_output) -> str:
+def parity_cell(worst, per_output, spec=".2e") -> str:
     """The worst max rel error; with several outputs, each output's too (by name)."""
     if worst is None:
         return "-"
     if not per_output or len(per_output) < 2:
-        return format(worst, ".2e")
-    return f"{worst:.2e} (" + ", ".join(f"{k} {v:.1e}" for k, v in per_output.items()) + ")"
+        return format(worst, spec)
+    return f"{worst:{spec}} (" + ", ".join(f"{k} {v:.1e}" for k, v in per_output.items()) + ")"
+
+
+def input_cell(row: dict, default_size) -> str:
+    """The validation input: the size of a one-image model, else each named input's shape."""
+    inputs = row.get("inputs") or {}
+    if list(inputs) in ([], ["image"]):
+        return str(row.get("input_size") or default_size)
+    return ", ".join(f"{k} {'x'.join(str(d) for d in shape)}" for k, shape in inputs.items())
 
 
 def summary_table(rows: dict) -> str:

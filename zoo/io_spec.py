@@ -4,14 +4,17 @@ An image classifier needs neither: it has one image input (NCHW in torch, NHWC i
 `logits` output. Anything else declares them, and every stage (torch forward, Keras forward, the
 golden file, each exported format, the report) addresses tensors by these names, never by position.
 
-Pure Python + NumPy: recipes are parsed without torch or TensorFlow.
+Pure Python (NumPy only for the validation inputs, imported when they are made): recipes are
+parsed without torch, TensorFlow or NumPy, so `import zoo` stays fast.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 LAYOUTS = ("image", "sequence", "tensor")   # torch NCHW->NHWC, NCL->NLC, as is
 GENERATORS = ("image", "audio", "tokens", "normal")
@@ -142,7 +145,8 @@ def parse_inputs(data, where="inputs") -> tuple[InputSpec, ...]:
             raise ValueError(f"{at}.shape: expected a list of positive whole numbers or null (a "
                              f"free axis), without the batch axis, in the torch layout; got {shape!r}")
         if layout in _RANK and len(shape) != _RANK[layout]:
-            raise ValueError(f"{at}.shape: a {layout} input has {_RANK[layout]} axes without the "
+            raise ValueError(f"{at}.shape: {'an' if layout == 'image' else 'a'} {layout} input has "
+                             f"{_RANK[layout]} axes without the "
                              f"batch ({'[C, H, W]' if layout == 'image' else '[C, L]'}), got {shape!r}")
         dtype = _choice(item, "dtype", DTYPES, "float32", at)
         generator = _choice(item, "generator", GENERATORS,
@@ -201,9 +205,11 @@ def from_config(config: dict) -> tuple[tuple[InputSpec, ...], tuple[OutputSpec, 
 # ---------------------------------------------------------------- validation inputs
 
 def image_batch(size, in_chans: int, preprocessing: dict, seed: int = 0,
-                height: int | None = None) -> np.ndarray:
+                height: int | None = None) -> "np.ndarray":
     """Fixed NHWC batch: two N(0, 1) images and two smooth, image-like ones, normalised with the
     model's mean/std (random noise alone misses errors that only show on natural statistics)."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     h, w = height or size, size
     noise = rng.standard_normal((2, h, w, in_chans)).astype(np.float32)
@@ -228,6 +234,8 @@ def _audio(rng, shape):
     """Speech/music-like signals in [-1, 1]: a few harmonics with slow amplitude envelopes plus a
     little noise, on the last axis (white noise alone has none of the low-frequency energy a
     trained audio model's filters respond to)."""
+    import numpy as np
+
     n = shape[-1]
     t = np.arange(n) / n
     out = np.empty(shape, np.float64)
@@ -240,8 +248,10 @@ def _audio(rng, shape):
     return (0.9 * out / max(np.abs(out).max(), 1e-12)).astype(np.float32)
 
 
-def make_input(spec: InputSpec, size: int, preprocessing: dict, seed: int = 0) -> np.ndarray:
+def make_input(spec: InputSpec, size: int, preprocessing: dict, seed: int = 0) -> "np.ndarray":
     """A fixed validation batch for one input, in the Keras layout."""
+    import numpy as np
+
     shape = spec.concrete(size)
     if spec.generator == "image":
         return image_batch(shape[2], shape[0], preprocessing, seed, height=shape[1])
@@ -256,7 +266,7 @@ def make_input(spec: InputSpec, size: int, preprocessing: dict, seed: int = 0) -
     return np.ascontiguousarray(to_keras(arr, spec.layout))
 
 
-def make_inputs(specs, size: int, preprocessing: dict, seed: int = 0) -> dict[str, np.ndarray]:
+def make_inputs(specs, size: int, preprocessing: dict, seed: int = 0) -> "dict[str, np.ndarray]":
     return {s.name: make_input(s, size, preprocessing, seed) for s in specs}
 
 

@@ -23,6 +23,7 @@ import yaml
 from zoo import faults
 from zoo.errors import ZooError
 from zoo.export import is_complete, manifest, sha256_file, write_json, write_text
+from zoo.validate import output_summary
 
 INDEX_VERSION = 1
 
@@ -112,15 +113,18 @@ def model_card(name: str, report: dict, config: dict) -> str:
     w = report["weights"]
     pre = config["preprocessing"]
     v = report["versions"]
+    agreement = lambda m, k: f"{m[k]:.3f}" if k in m else "-"   # classification outputs only
     rows = "\n".join(
-        f"| {fmt} | {p['max_rel']:.2e} | {p['logits'].get('top1', float('nan')):.3f} | "
-        f"{p['logits'].get('top5', float('nan')):.3f} |"
-        for fmt, p in sorted(report["parity"].items()))
+        f"| {fmt} | {out} | {m['max_rel']:.2e} | {agreement(m, 'top1')} | {agreement(m, 'top5')} |"
+        for fmt, p in sorted(report["parity"].items()) for out, m in p["outputs"].items())
     random_note = ("\n> **Random weights.** This model was converted from randomly initialised "
                    "(perturbed) weights to test parity; its predictions are meaningless.\n"
                    if w["source"] == "random" else "")
     tag = f", tag {w['tag']}" if w.get("tag") else ""
     size, tol = report["input_size"], report["tolerance"]
+    names = report.get("outputs") or ["logits"]
+    outputs = f"{config['num_classes']} logits" if names == ["logits"] else \
+        "a dict of " + ", ".join(f"`{n}`" for n in names)
     front = yaml.safe_dump(card_metadata(report, config), sort_keys=True)
     return f"""---
 {front}---
@@ -133,12 +137,12 @@ Keras 3 conversion of `{report['source']}` (weights: {w['source']}{tag}).
 - Keras builder: `{config['builder']}` with `{json.dumps(config['builder_kwargs'], sort_keys=True)}`
 - Input: NHWC float32, {config['input_size']}x{config['input_size']} by default, normalised with
   mean {pre['mean']} and std {pre['std']}; resize with {pre['interpolation']} interpolation,
-  centre crop {pre['crop_pct']} (`zoo.preprocess`). Output: {config['num_classes']} logits.
+  centre crop {pre['crop_pct']} (`zoo.preprocess`). Output: {outputs}.
 
 ## Parity with the PyTorch model ({size}x{size}, tolerance {tol:g})
 
-| format | max rel error | top-1 agreement | top-5 agreement |
-|---|---|---|---|
+| format | output | max rel error | top-1 agreement | top-5 agreement |
+|---|---|---|---|---|
 {rows}
 
 Converted with torch {v.get('torch')}, torchvision {v.get('torchvision')}, timm {v.get('timm')},
@@ -196,8 +200,10 @@ def build_release(out_roots, release: Path, version: str | None = None,
             "weights": {"source": report["weights"]["source"], "tag": report["weights"].get("tag")},
             "random": report["weights"]["source"] == "random",
             "num_classes": report["num_classes"], "input_size": report["input_size"],
-            "parity": {fmt: {"max_rel": p["max_rel"], "top1": p["logits"].get("top1"),
-                             "passed": p["passed"]} for fmt, p in sorted(report["parity"].items())},
+            "parity": {fmt: {"max_rel": p["max_rel"], "passed": p["passed"],
+                             "outputs": {k: m["max_rel"] for k, m in p["outputs"].items()},
+                             "top1": output_summary({fmt: p})["top1"]}
+                       for fmt, p in sorted(report["parity"].items())},
             "versions": report["versions"],
         }
     if version is not None:

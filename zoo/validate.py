@@ -88,8 +88,11 @@ def named_outputs(model, specs) -> dict:
     names = [s.name for s in specs]
     if isinstance(outs, dict):
         if set(outs) != set(names):
+            hint = ("declare `outputs:` in the recipe, one per name (without it a model has one "
+                    "`logits` output)" if specs is DEFAULT_OUTPUTS else
+                    "name the builder's outputs like the recipe's")
             raise SignatureError(f"the Keras model's outputs are {sorted(outs)}, the recipe declares "
-                                 f"{names}: name the builder's outputs like the recipe's")
+                                 f"{names}: {hint}")
         return dict(outs)
     if isinstance(outs, (list, tuple)):
         if len(outs) == 1 and len(names) == 1:

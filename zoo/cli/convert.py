@@ -56,8 +56,12 @@ def main(argv=None):
     for w in report["warnings"]:
         print(f"WARNING: {w}", file=sys.stderr)
     for fmt, par in report["parity"].items():
-        print(f"{fmt:12s} max rel {par['max_rel']:.2e}  top-1 {par['logits']['top1']:.3f}  "
-              f"{'ok' if par['passed'] else 'FAILED'}")
+        outputs = par["outputs"]
+        detail = "  ".join(
+            (f"{k} {m['max_rel']:.2e}" if len(outputs) > 1 else "")
+            + (f" top-1 {m['top1']:.3f}" if "top1" in m else "") for k, m in outputs.items())
+        print(f"{fmt:12s} max rel {par['max_rel']:.2e}  {detail.strip()}  "
+              f"{'ok' if par['passed'] else 'FAILED'}".replace("   ", "  "))
     print(f"wrote {report['output_dir']}")
     return 0
 

@@ -15,6 +15,7 @@ ROBUSTNESS = ROOT / "outputs" / "robustness.json"
 
 
 def table(index: dict) -> str:
+    from zoo.batch import input_cell, parity_cell
     from zoo.catalog import get_variant, list_models
 
     rows = ["| model | PyTorch source | Keras builder | weights converted | input | max rel error "
@@ -23,13 +24,14 @@ def table(index: dict) -> str:
     for name in list_models():
         v, _ = get_variant(name)
         r = index.get(name, {})
-        err = f"{r['max_rel']:.1e}" if r.get("max_rel") is not None else "not run"
+        err = parity_cell(r.get("max_rel"), r.get("outputs"), ".1e") \
+            if r.get("max_rel") is not None else "not run"
         top1 = f"{r['top1']:.3f}" if r.get("top1") is not None else "-"
         status = r.get("status", "not run")
         weights = r.get("weights") or "-"
         if status not in ("passed", "up to date"):
             err = status
-        size = r.get("input_size") or v.input_size
+        size = input_cell(r, v.input_size)
         tol = r.get("tolerance") or v.tolerance
         floor = f"{r['torch_float32_error']:.1e}" if r.get("torch_float32_error") else "-"
         rows.append(f"| `{name}` | `{v.source}` | `{v.builder}` | {weights} | {size} | {err} "
