@@ -99,8 +99,7 @@ def draft_recipe(source: str, builder: str, builder_kwargs: dict | None = None,
     unmatched_keras = [(v.path, tuple(v.shape)) for lay in klayers if lay.path not in matched_k
                        for v in lay.variables.values()]
     image = len(specs) == 1 and specs[0].layout == "image"
-    kshape = (1, *dataclasses.replace(specs[0], shape=specs[0].concrete(size)).keras_shape()) \
-        if image else None
+    kshape = traced[specs[0].name].shape if image else None
     features, feature_note = _infer_features(model, pairs, trace, kshape)
     clf = [p for p in pairs if p.transform == "linear" or p.torch.type_name == "Linear"]
     clf = [p for p in clf if classes is not None and p.torch.arrays["weight"].shape[0] == classes]

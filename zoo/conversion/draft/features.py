@@ -7,7 +7,7 @@ import re
 
 def _infer_features(model, pairs, trace, keras_input_shape):
     """[torch module, keras layer] for each keras layer named stage<i>, checked by output shape
-    at the traced input (keras_input_shape: batch-1 NHWC; None: not a single image input): the
+    at the traced input (keras_input_shape: NHWC with the traced batch; None: not a single image input): the
     outermost ancestor of the last torch module matched before the stage layer
     that holds nothing matched after it (nor before the previous stage layer); failing that, the
     last module that runs after that torch module and before the next stage's (e.g. the
