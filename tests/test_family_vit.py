@@ -184,7 +184,7 @@ def test_pitfall_pos_embed_resampling_kernel():
     pos = torch.from_numpy(np.random.default_rng(9).standard_normal((1, 197, 8)).astype(np.float32))
     ref = resample_abs_pos_embed(pos, new_size=(24, 24), num_prefix_tokens=1)
     plain = resample_abs_pos_embed(pos, new_size=(24, 24), num_prefix_tokens=1, antialias=False)
-    assert rel(plain.numpy(), ref.numpy()) > 1e-3
+    assert rel(plain.numpy(), ref.numpy()) > 1e-2   # 9e-2 here
     layer = _token_layer((14, 14), 8)
     layer.pos.assign(pos.numpy())
     got = np.asarray(layer(np.zeros((1, 24, 24, 8), np.float32)))[:, 1:]

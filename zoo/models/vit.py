@@ -1,5 +1,6 @@
-"""Vision Transformer (timm `vision_transformer.py`, torchvision `vision_transformer.py`) and DeiT
-(timm `deit.py`, with the distillation token). Targets of recipes/vit.yaml.
+"""Vision Transformer (timm `vision_transformer.py`, torchvision `vision_transformer.py`), DeiT
+(timm `deit.py`, with the distillation token) and DINOv2 (layer scale, register tokens). Targets
+of recipes/vit.yaml.
 
 patch embedding (Conv2d patch x patch, stride patch) -> prefix tokens (class [, distillation]
 [, registers]) + absolute position embedding (zoo.layers.tokens.TokenEmbedding) -> `depth`
@@ -25,16 +26,21 @@ from zoo.models.blocks import application, stage_end
 from zoo.models.blocks_transformer import layer_norm, patch_embed, transformer_block
 
 
+def _head(x, classes, name):
+    # classes 0: timm's head is nn.Identity (DINOv2 ships without a classifier)
+    return keras.layers.Dense(classes, name=name)(x) if classes else x
+
+
 def _top(distilled):
     def top(x, classes, classifier_activation):
         cls = SelectToken(0, name="pool")(x)
         if not distilled:
             return keras.layers.Dense(classes, activation=classifier_activation,
-                                      name="predictions")(cls)
+                                      name="predictions")(cls) if classes else cls
         # timm VisionTransformerDistilled in eval: (head(x[:, 0]) + head_dist(x[:, 1])) / 2
         logits = keras.layers.Average(name="average")([
-            keras.layers.Dense(classes, name="predictions")(cls),
-            keras.layers.Dense(classes, name="predictions_dist")(SelectToken(1, name="pool_dist")(x)),
+            _head(cls, classes, "predictions"),
+            _head(SelectToken(1, name="pool_dist")(x), classes, "predictions_dist"),
         ])
         if classifier_activation is None:
             return logits
@@ -55,8 +61,8 @@ def vit(inputs, depth, dim, heads, patch=16, img_size=224, mlp_ratio=4.0, qkv_bi
     "torchvision" variable names of the token layer. pad_to_patch: zero-pad the input at the
     bottom/right to a multiple of the patch (timm `dynamic_img_pad=True`); otherwise a border
     smaller than a patch is dropped (torch's strided conv; timm without it refuses such sizes).
-    Returns logits by default; `include_top=False` ends at the normalised tokens (B, N, C),
-    timm's `forward_features`.
+    Returns logits by default (classes=0: the normalised class token, timm's identity head);
+    `include_top=False` ends at the normalised tokens (B, N, C), timm's `forward_features`.
     """
     x = PadToMultiple(patch, name="patch_pad")(inputs) if pad_to_patch else inputs
     x = patch_embed(x, dim, patch, "patch_embed")
