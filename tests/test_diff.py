@@ -8,7 +8,7 @@ import yaml
 
 import zoo
 from helpers import ROOT, SMALL, run_script
-from zoo.conversion.diff import diff_layers
+from zoo.conversion.diff import diff_layers, format_diff
 from zoo.transforms import TRANSFORMS, Transform, register
 
 TINY = ROOT / "examples" / "tinynet"
@@ -116,3 +116,85 @@ def test_cli_prints_the_table_and_writes_json(tmp_path):
     assert "every layer agrees" in proc.stdout and "layer4.1.bn2" in proc.stdout
     rows = json.loads((tmp_path / "d.json").read_text())["rows"]
     assert all(np.isfinite(r["max_rel"]) and r["ok"] for r in rows)
+
+
+# ---------------------------------------------------------------- models that are not classifiers
+
+def _user_recipes(folder, edits=None):
+    """tests/io_models.py's recipes in `folder`, plus edited copies {key: (name, edit)}."""
+    from io_models import RECIPES
+
+    for key, text in RECIPES.items():
+        (folder / f"{key}.yaml").write_text(text)
+    for key, (name, edit) in (edits or {}).items():
+        data = yaml.safe_load(RECIPES[key])
+        (variant,) = data["variants"].values()
+        edit(data, variant)
+        data["family"], data["variants"] = name.replace("/", "_"), {name: variant}
+        (folder / f"{name.replace('/', '_')}.yaml").write_text(yaml.safe_dump(data))
+
+
+def test_flatten_order_is_found_from_the_values():
+    from zoo.conversion.flatten_order import find, keras_permute
+
+    maps = np.random.default_rng(0).standard_normal((2, 4, 3, 5))
+    t = torch_permuted_flatten(maps, (0, 3, 2, 1))     # torch: x.permute(0, 3, 2, 1).flatten(1)
+    assert find(maps, t)["orders"] == [("W", "H", "C")]
+    assert find(maps, maps.reshape(2, -1))["orders"] == [("C", "H", "W")]
+    # an activation between the map and the flatten: no exact order, the monotone one is found
+    assert find(maps, np.maximum(t, 0))["orders"] == [("W", "H", "C")]
+    assert keras_permute(("W", "H", "C")) == (2, 1, 3)   # NHWC -> NWHC, as the landmarks builder
+
+
+def torch_permuted_flatten(maps, dims):
+    import torch
+
+    return torch.from_numpy(maps).permute(*dims).flatten(1).numpy()
+
+
+def test_fused_softmax_is_compared_with_the_torch_softmax_module(recipes):
+    """The Keras Dense(activation='softmax') replaces torch's Linear + nn.Softmax: no divergence."""
+    _user_recipes(recipes)
+    result = diff_layers("user/landmarks")
+    assert result["first_divergent"] is None, format_diff(result)
+    row = next(r for r in result["rows"] if r["torch"] == "dense6_1")
+    assert row["fused"] == {"keras": "softmax", "torch": "softmax"} and row["max_rel"] < 1e-5
+    # torch.relu called in forward() (no module) before a Conv1D(activation='relu') too
+    audio = diff_layers("user/audio")
+    assert audio["first_divergent"] is None, format_diff(audio)
+    assert next(r for r in audio["rows"] if r["torch"] == "conv1")["fused"]["torch"] == "relu"
+
+
+def test_flatten_order_mistake_is_named(recipes):
+    """The Keras builder lacks the landmarks model's Permute before Flatten: parity fails, and the
+    diff names dense5 and the two flatten orders."""
+    def no_permute(data, v):
+        v["keras"]["builder"] = "python:diff_fixtures:landmarks_no_permute"
+    _user_recipes(recipes, {"landmarks": ("user/no_permute", no_permute)})
+    with pytest.raises(zoo.ValidationError):
+        zoo.convert("user/no_permute")
+    first = diff_layers("user/no_permute")["first_divergent"]
+    assert (first["torch"], first["keras"]) == ("dense5", "dense5")
+    assert "its input already differs" in first["where"]
+    assert first["diagnosis"][0].startswith(
+        "flatten order: torch flattens (W, H, C), the Keras model (H, W, C): add "
+        "keras.layers.Permute((2, 1, 3)) before the Flatten")
+
+
+def test_wrong_mapping_in_a_1d_model_is_located(recipes, request):
+    """A conv1d transform that reverses the kernel taps of one layer of the audio model."""
+    conv1d = TRANSFORMS["conv1d"]
+    kernel_name, kernel_fn = conv1d.leaves["weight"]
+    request.addfinalizer(lambda: TRANSFORMS.pop("conv1d_reversed", None))
+    register(Transform("conv1d_reversed",
+                       {"weight": (kernel_name, lambda a, **kw: kernel_fn(a, **kw)[::-1].copy()),
+                        "bias": conv1d.leaves["bias"]}, "test only: kernel taps reversed"))
+
+    def reversed_conv2(data, v):
+        data["mapping"].insert(0, {"torch": "conv2", "keras": "conv2",
+                                   "transform": "conv1d_reversed"})
+    _user_recipes(recipes, {"audio": ("user/audio_reversed", reversed_conv2)})
+    first = diff_layers("user/audio_reversed")["first_divergent"]
+    assert (first["torch"], first["keras"]) == ("conv2", "conv2")
+    assert "its input agrees" in first["where"]
+    assert first["diagnosis"] == ["kernel taps reversed (the kernel's length axis flipped)"]

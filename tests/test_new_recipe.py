@@ -316,3 +316,82 @@ def test_assign_matches_most_compatible_pairs_then_least_cost():
             best = key if best is None or key < best else best
         assert (-len(got), sum(costs[ij] for ij in got)) == pytest.approx(best)
     assert assign({}) == []
+
+
+# ---------------------------------------------------------------- models that are not classifiers
+
+IO_DRAFTS = {   # tests/io_models.py model -> how the user declares its input to the drafter
+    "landmarks": ["--input-size", "48"],
+    "audio": ["--inputs", "[{name: waveform, layout: sequence, shape: [1, 1024]}]"],
+    "two_inputs": ["--inputs", "[{name: image, layout: image, shape: [3, null, null]}, "
+                               "{name: meta, shape: [8]}]", "--input-size", "32"],
+}
+
+
+@pytest.mark.parametrize("key", list(IO_DRAFTS))
+def test_drafts_of_models_that_are_not_classifiers_convert(recipe_dir, capsys, key):
+    """new_recipe on each io_models model: the same table, inputs and outputs as the recipe a user
+    writes (RECIPES), and the draft converts as it is against the perturbed torch model."""
+    from io_models import RECIPES
+
+    hand = yaml.safe_load(RECIPES[key])
+    (recipe_dir / f"{key}.yaml").write_text(RECIPES[key])
+    out = recipe_dir / f"draft_{key}.yaml"
+    argv = [f"python:io_models:{key}", f"python:io_models:{key}_keras", "--name", f"draft/{key}",
+            "--out", str(out), *IO_DRAFTS[key]]
+    assert _new_recipe_main()(argv) == 0, capsys.readouterr()
+    data = yaml.safe_load(out.read_text())
+    assert data["inputs"] == hand["inputs"]
+    # the outputs the user declares, less what the defaults already say (tolerance is a choice)
+    want = [{k: v for k, v in o.items() if k != "tolerance"} for o in hand["outputs"]]
+    got = data.get("outputs", [{"name": "logits", "metric": "classification"}])
+    assert sorted(got, key=str) == sorted(want, key=str)
+    assert data.get("classifier") == {"audio": "fc", "two_inputs": "score"}.get(key)
+    _same_table_as_catalogue(f"draft/{key}", next(iter(hand["variants"])))
+    _model, report = zoo.convert(f"draft/{key}")
+    assert report["status"] == "passed" and report["parity"]["in_memory"]["max_rel"] < 1e-5
+
+
+def test_multi_head_model_gets_no_classifier_and_the_mirrored_permute_keeps_linear(recipe_dir):
+    draft = draft_recipe("python:io_models:landmarks", "python:io_models:landmarks_keras",
+                         name="draft/landmarks", trace_size=48)
+    assert "classifier" not in draft.data
+    assert all("metric" not in o for o in draft.data["outputs"])
+    assert "# no output marked metric: classification: several outputs" in draft.text
+    assert {r["transform"] for r in draft.data["mapping"]} == {"conv2d", "prelu", "linear"}
+    assert "# note: torch flattens (W, H, C) (its forward permutes first) and the Keras model's " \
+           "Flatten before dense5 does too: plain linear" in draft.text
+
+
+def test_permute_that_keras_does_not_mirror_is_named(recipe_dir):
+    """torch permutes to (W, H, C) before flattening, the Keras builder flattens NHWC directly:
+    neither linear nor linear_after_flatten fits; the draft keeps linear, marks the rule unsure
+    and says which Permute the builder lacks."""
+    draft = draft_recipe("python:io_models:landmarks", "python:diff_fixtures:landmarks_no_permute",
+                         name="draft/no_permute", trace_size=48)
+    (rule,) = [r for r in draft.rules if r.transform.startswith("linear")]
+    assert rule.transform == "linear" and rule in draft.unsure
+    assert "# unsure: torch flattens (W, H, C), the Keras model (H, W, C); no transform reorders " \
+           "rows between these: add keras.layers.Permute((2, 1, 3)) right before the Flatten " \
+           "feeding dense5" in draft.text
+
+
+def test_wrong_input_size_is_a_clear_error_and_sizes_parse(tmp_path, capsys):
+    main = _new_recipe_main()
+    assert main(["python:io_models:landmarks", "python:io_models:landmarks_keras", "--out", "-"]) == 2
+    err = capsys.readouterr().err
+    assert "the torch forward pass failed at the input image [2, 3, 224, 224]" in err
+    assert "mat1 and mat2 shapes cannot be multiplied" in err and "--input-size H[xW]" in err
+    assert "Traceback" not in err
+    # a non-square image input is declared with its shape
+    out = tmp_path / "swapped.yaml"
+    assert main(["python:draft_fixtures:swapped", "python:draft_fixtures:swapped_keras", "--name",
+                 "draft/swapped", "--input-size", "16x24", "--out", str(out)]) == 0
+    assert yaml.safe_load(out.read_text())["inputs"] == [
+        {"name": "pixels", "layout": "image", "shape": [3, 16, 24]}]
+    for argv, message in ((["--inputs", "[{name: x, shape: [0]}]"], "--inputs[0].shape"),
+                          (["--inputs", "[{name: x"], "--inputs is not YAML/JSON"),
+                          (["--inputs", "[{name: x, shape: [4]}]", "--input-size", "4x5"],
+                           "--input-size HxW is for the one default image input")):
+        assert main(["python:io_models:audio", "python:io_models:audio_keras", *argv]) == 2
+        assert message in capsys.readouterr().err, argv

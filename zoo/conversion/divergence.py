@@ -58,17 +58,28 @@ def _same_pads(size, k, s, d):
     return total // 2, total - total // 2
 
 
-def _layer_hypotheses(module, x, y_keras, baseline):
+def _torch_activation(op):
+    """The torch function of an op that _Consumers recorded (softmax over channels, as the Keras
+    layer's softmax over its last axis), or the identity."""
+    if op is None:
+        return lambda z: z
+    if op == "softmax":
+        return lambda z: F.softmax(z, 1)
+    return getattr(F, op, None) or getattr(torch, op, None) or (lambda z: z)
+
+
+def _layer_hypotheses(module, x, y_keras, baseline, post=lambda z: z):
     """What single mistake in this layer reproduces the Keras output (given the right input)?
     A hypothesis counts when it explains the Keras output far better than the correct layer does
-    (baseline: the error of the torch output); the best fits come first."""
+    (baseline: the error of the torch output); the best fits come first. post: the activation
+    the Keras layer fuses, applied to each hypothesis."""
     x = torch.from_numpy(np.ascontiguousarray(x))
     fits = []
 
     def test(label, fn):
         with torch.no_grad():
             try:
-                y = fn().numpy()
+                y = post(fn()).numpy()
             except RuntimeError:
                 return
         err = _rel(y, y_keras)
@@ -267,7 +278,8 @@ def layer_diff(tm, model, plan, inputs, tolerance, in_specs=None) -> dict:
             first = row
             input_ok = row["input_max_rel"] is not None and row["input_max_rel"] <= tolerance
             if input_ok:
-                found = _layer_hypotheses(modules[tname], x_t, y_k, row["max_rel"])
+                found = _layer_hypotheses(modules[tname], x_t, y_k, row["max_rel"],
+                                          _torch_activation(op))
                 where = f"in layer {kname!r} itself (its input agrees, its output does not)"
             else:
                 found = (_flatten_hypotheses(last_map, x_t, x_k, tolerance)
