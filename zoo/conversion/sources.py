@@ -317,7 +317,7 @@ def _metadata(variant, tag, module, weights):
         for k in ("mean", "std"):
             if cfg.get(k):
                 pre[k] = [float(x) for x in cfg[k]]
-        for k in ("interpolation", "crop_pct"):
+        for k in ("interpolation", "crop_pct", "crop_mode"):
             if cfg.get(k):
                 pre[k] = cfg[k]
         license_ = cfg.get("license", license_)
@@ -331,7 +331,9 @@ def _metadata(variant, tag, module, weights):
         w = _tv_weights_enum(variant, tag)
         t = w.transforms()
         pre.update(mean=list(t.mean), std=list(t.std), interpolation=t.interpolation.value,
-                   crop_pct=round(t.crop_size[0] / t.resize_size[0], 4))
+                   crop_pct=round(t.crop_size[0] / t.resize_size[0], 4),
+                   # the exact resize (crop_pct is rounded): Inception v3 342, not 299 / 0.8743
+                   resize_size=int(t.resize_size[0]))
         tag = tag or w.name
         if weights == "pretrained":
             names = list(w.meta["categories"])
