@@ -14,11 +14,12 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 
 def convert(name, weights="random", num_classes=None, out_dir=None, in_chans=None,
-            input_size=None, progress=None):
-    """Convert a catalogue model (needs torch; see zoo.conversion.pipeline.convert)."""
+            input_size=None, progress=None, formats=None):
+    """Convert a catalogue model (needs torch; see zoo.conversion.pipeline.convert). formats: a
+    comma list or sequence out of zoo.constants.FORMATS (default `weights.h5,keras`)."""
     from zoo.conversion.pipeline import convert as _convert
     return _convert(name, weights=weights, num_classes=num_classes, in_chans=in_chans,
-                    out_dir=out_dir, input_size=input_size, progress=progress)
+                    out_dir=out_dir, input_size=input_size, progress=progress, formats=formats)
 
 
 def _config_for(path) -> tuple[dict, Path]:

@@ -22,10 +22,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from zoo import catalog, faults
-from zoo.constants import CHECKPOINT_SUFFIXES, STAGES
+from zoo.constants import CHECKPOINT_SUFFIXES, LEGACY_FORMATS, STAGES
 from zoo.export import (
     is_complete,
     manifest,
+    parse_formats,
     pid_alive,
     recover,
     sha256_file,
@@ -87,8 +88,10 @@ def weights_for(name, weights) -> str:
     return str(ckpt)
 
 
-def up_to_date(out, name, weights, input_size=None, num_classes=None) -> dict | None:
-    """The previous report if outputs are complete and recipe, weights and versions unchanged."""
+def up_to_date(out, name, weights, input_size=None, num_classes=None,
+               formats=None) -> dict | None:
+    """The previous report if outputs are complete and recipe, weights, versions and the export
+    formats asked for (written or recorded as skipped) are unchanged."""
     folder = catalog.output_dir(out, name)
     if not is_complete(folder):
         return None
@@ -108,8 +111,12 @@ def up_to_date(out, name, weights, input_size=None, num_classes=None) -> dict | 
         same_weights = (w.get("checkpoint") or {}).get("sha256") == sha256_file(weights)
     same_shape = report.get("input_size") == (input_size or variant.input_size) and \
         (num_classes is None or report.get("num_classes") == num_classes)
+    # a skipped format counts as asked: re-trying it would skip it again
+    same_formats = set(report.get("exports") or LEGACY_FORMATS) == set(parse_formats("formats",
+                                                                                     formats))
     if report.get("status") == "passed" and report.get("fingerprint") == variant.fingerprint() \
-            and same_weights and same_shape and report.get("versions") == library_versions():
+            and same_weights and same_shape and same_formats \
+            and report.get("versions") == library_versions():
         return report
     return None
 
@@ -125,6 +132,10 @@ def _summary_row(name, result) -> dict:
             "tolerance": report.get("tolerance"),
             "torch_float32_error": (report.get("torch_float32_vs_float64") or {}).get("max_rel"),
             "seconds": result.get("seconds"),
+            "formats": [f for f, e in (report.get("exports") or {}).items() if "skipped" not in e],
+            "skipped": {f: e["skipped"] for f, e in (report.get("exports") or {}).items()
+                        if "skipped" in e},
+            "bytes": sum(m["bytes"] for m in (report.get("files") or {}).values()) or None,
             "error": ((result.get("error") or "").splitlines() or [""])[0][:300] or None,
             "warnings": result.get("warnings") or []}
 
@@ -150,15 +161,27 @@ def input_cell(row: dict, default_size) -> str:
     return ", ".join(f"{k} {'x'.join(str(d) for d in shape)}" for k, shape in inputs.items())
 
 
+def formats_cell(row: dict) -> str:
+    """The formats written, then each one skipped with why (a skip is never silent)."""
+    cells = list(row.get("formats") or [])
+    cells += [f"{fmt} SKIPPED: {why[:160]}".replace("|", "/")
+              for fmt, why in (row.get("skipped") or {}).items()]
+    return ", ".join(cells) or "-"
+
+
 def summary_table(rows: dict) -> str:
-    lines = ["| model | status | weights | max rel error | top-1 agreement | seconds |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| model | status | weights | max rel error | top-1 agreement | seconds | formats |",
+             "|---|---|---|---|---|---|---|"]
     for name in sorted(rows):
         r = rows[name]
         status = r["status"] + (f" ({r['error']})" if r.get("error") else "")
         lines.append(f"| {name} | {status} | {r.get('weights') or '-'} | "
                      f"{parity_cell(r.get('max_rel'), r.get('outputs'))} | {_fmt(r.get('top1'), '.3f')} | "
-                     f"{_fmt(r.get('seconds'), '.1f')} |")
+                     f"{_fmt(r.get('seconds'), '.1f')} | {formats_cell(r)} |")
+    sizes = [r["bytes"] for r in rows.values() if r.get("bytes")]
+    if sizes:
+        lines.append(f"\nOn disk: {sum(sizes) / 1e9:.2f} GB for the {len(sizes)} models with "
+                     "outputs (sizes from each report's file manifest).")
     return "\n".join(lines) + "\n"
 
 
@@ -216,9 +239,11 @@ def _sweep_batch_dirs(out: Path) -> None:
 
 
 def run_batch(names, weights="auto", jobs=1, out="outputs", resume=False, input_size=None,
-              num_classes=None, stream=None, timeout=None) -> tuple[dict, int]:
+              num_classes=None, stream=None, timeout=None, formats=None) -> tuple[dict, int]:
     """Convert `names`; returns ({name: summary row}, exit code). timeout: seconds per model
-    (the worker is killed and the model reported failed; the rest go on)."""
+    (the worker is killed and the model reported failed; the rest go on). formats: export
+    formats (zoo.constants.FORMATS; default DEFAULT_FORMATS)."""
+    formats = list(parse_formats("formats", formats))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _sweep_batch_dirs(out)
@@ -227,13 +252,14 @@ def run_batch(names, weights="auto", jobs=1, out="outputs", resume=False, input_
     for name in names:
         recover(catalog.output_dir(out, name))   # debris of interrupted earlier runs
         w = weights_for(name, weights)
-        prev = up_to_date(out, name, w, input_size, num_classes) if resume else None
+        prev = up_to_date(out, name, w, input_size, num_classes, formats) if resume else None
         if prev is not None:
             rows[name] = dict(_summary_row(name, {"status": "passed", "report": prev}),
                               status="up to date", seconds=0.0)
         else:
             queue.append((name, {"name": name, "weights": w, "out": str(out),
-                                 "input_size": input_size, "num_classes": num_classes}))
+                                 "input_size": input_size, "num_classes": num_classes,
+                                 "formats": formats}))
     stream = stream or sys.stderr
     overall = tqdm(total=len(names), desc="models", unit="model", position=0, file=stream,
                    initial=len(rows))

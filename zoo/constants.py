@@ -11,3 +11,14 @@ STAGES = ("load_torch", "build_keras", "map_weights", "validate", "export", "rel
 # Checkpoint files we read. Order matters: a weights folder holding several files for one model
 # is searched in this order, safetensors first (it cannot run code, unlike a pickle).
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+# Export formats a conversion can write, and the file or folder each one is in the model folder.
+# The default keeps outputs small (issue 11: the three always-written formats made the catalogue
+# 29 GB): `.weights.h5` is what create_model/publish/download use, `.keras` the self-contained
+# model; SavedModel, LiteRT/TFLite and ONNX are asked for with --formats.
+FORMAT_FILES = {"weights.h5": "model.weights.h5", "keras": "model.keras",
+                "saved_model": "saved_model", "tflite": "model.tflite", "onnx": "model.onnx"}
+FORMATS = tuple(FORMAT_FILES)
+DEFAULT_FORMATS = ("weights.h5", "keras")
+# What a folder written before --formats existed holds (config.json without "formats").
+LEGACY_FORMATS = ("weights.h5", "keras", "saved_model")

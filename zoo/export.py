@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -16,9 +17,15 @@ import uuid
 from pathlib import Path
 
 from zoo import faults
+from zoo.arguments import InvalidArgumentError
+from zoo.cli import DIST
+from zoo.constants import DEFAULT_FORMATS, FORMAT_FILES, FORMATS, LEGACY_FORMATS
 
-MODEL_FILES = ("model.weights.h5", "model.keras", "saved_model", "config.json", "golden.npz",
-               "report.json")
+# Written whatever the formats: the builder and preprocessing, the golden outputs that re-validate
+# every format without torch, and the report (last: its presence marks a complete folder).
+META_FILES = ("config.json", "golden.npz", "report.json")
+# The optional formats' converters and runtimes, imported by module name; the [onnx] extra.
+FORMAT_MODULES = {"onnx": ("tf2onnx", "onnxruntime")}
 
 
 def _tmp_name(path: Path) -> Path:
@@ -133,15 +140,69 @@ def _swap_in(tmp: Path, final: Path, old: Path, attempts: int = 20) -> None:
     raise OSError(f"could not move {tmp} into place: {final} kept being replaced by other writers")
 
 
-def save_model_files(model, folder) -> None:
+def parse_formats(option: str, value) -> tuple[str, ...]:
+    """Export formats from a comma list (command line) or a sequence (API), in FORMATS order;
+    None is DEFAULT_FORMATS. Unknown names, and formats whose converter is not installed, are one
+    InvalidArgumentError naming what is known or what to install."""
+    if value is None:
+        return DEFAULT_FORMATS
+    names = value.split(",") if isinstance(value, str) else list(value)
+    names = [n.strip() for n in names if n.strip()]
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown or not names:
+        got = f"unknown format(s) {', '.join(map(repr, unknown))}" if unknown else "no format given"
+        raise InvalidArgumentError(f"{option}: {got}; known: {', '.join(FORMATS)}")
+    for fmt in names:
+        missing = [m for m in FORMAT_MODULES.get(fmt, ()) if importlib.util.find_spec(m) is None]
+        if missing:
+            raise InvalidArgumentError(f"{option}: {fmt} needs {', '.join(missing)}, not installed: "
+                                       f"pip install '{DIST}[{fmt}]'")
+    return tuple(f for f in FORMATS if f in names)
+
+
+def written_formats(config: dict) -> tuple[str, ...]:
+    """The formats a model folder holds, as its config.json records them."""
+    return tuple(config.get("formats", LEGACY_FORMATS))
+
+
+def _export_optional(model, path: Path, fmt: str) -> dict:
+    """Write a format that some models cannot be expressed in. A converter that refuses the model
+    is a recorded skip (the conversion goes on); a disk error still stops everything."""
+    try:
+        # Keras' own exporters: LiteRT through TFLiteConverter from a SavedModel of the model's
+        # call (TFLite builtins, TF select ops where none exists), ONNX through tf2onnx.
+        model.export(str(path), format="litert" if fmt == "tflite" else fmt, verbose=False)
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any converter refusal is a skip, reported
+        if path.exists():
+            path.unlink()
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        return {"skipped": f"the {fmt} converter cannot express this model: "
+                           f"{type(e).__name__}: {first}"}
+    return {"file": path.name}
+
+
+def save_model_files(model, folder, formats) -> dict:
+    """Write `formats` into `folder`; returns {format: {"file": name} or {"skipped": why}}."""
     folder = Path(folder)
-    model.save_weights(folder / "model.weights.h5")
-    faults.point("export:weights.h5")
-    model.save(folder / "model.keras")
-    faults.point("export:keras")
-    # Serving signature: NHWC float32 input, logits output.
-    model.export(str(folder / "saved_model"), format="tf_saved_model", verbose=False)
-    faults.point("export:saved_model")
+    exports = {}
+    for fmt in formats:
+        path = folder / FORMAT_FILES[fmt]
+        if fmt == "weights.h5":
+            model.save_weights(path)
+        elif fmt == "keras":
+            model.save(path)
+        elif fmt == "saved_model":
+            # serving_default: the model's named inputs and outputs, NHWC float32
+            model.export(str(path), format="tf_saved_model", verbose=False)
+        else:
+            exports[fmt] = _export_optional(model, path, fmt)
+            faults.point(f"export:{fmt}")
+            continue
+        exports[fmt] = {"file": path.name}
+        faults.point(f"export:{fmt}")
+    return exports
 
 
 def sha256_file(path) -> str:
@@ -164,5 +225,11 @@ def manifest(folder) -> dict:
 
 
 def is_complete(folder) -> bool:
+    """Every file of the formats config.json records, and the metadata files, are there."""
     folder = Path(folder)
-    return all((folder / f).exists() for f in MODEL_FILES)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    files = [FORMAT_FILES.get(f) for f in written_formats(config)]
+    return None not in files and all((folder / f).exists() for f in (*files, *META_FILES))

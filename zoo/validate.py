@@ -134,25 +134,78 @@ def keras_outputs(model, inputs: dict, feature_layers: list[str], specs=DEFAULT_
             "features": {k: np.asarray(v) for k, v in res["features"].items()}}
 
 
+def _match_inputs(path, names, inputs: dict) -> dict:
+    """{runtime's input name: array}: by name, or the one input of a one-input model (a runtime
+    may call it something else, e.g. ONNX's `input_0`)."""
+    names = sorted(names)
+    if len(names) == 1 and len(inputs) == 1:
+        return {names[0]: next(iter(inputs.values()))}
+    if set(names) == set(inputs):
+        return dict(inputs)
+    raise SignatureError(f"{path}: the exported model takes {names}, the model declares "
+                         f"{sorted(inputs)}")
+
+
+def _named_outputs(res: dict, specs) -> dict:
+    """The runtime's outputs by declared name. A one-output model's output may carry a runtime
+    name (`output_0`); several outputs are matched by name only, never by position."""
+    names = [s.name for s in specs]
+    if len(res) == 1 and len(names) == 1:
+        return {"outputs": {names[0]: np.asarray(next(iter(res.values())))}}
+    return {"outputs": {k: np.asarray(v) for k, v in res.items()}}
+
+
 def saved_model_outputs(path, inputs: dict, specs=DEFAULT_OUTPUTS) -> dict:
     """Run the SavedModel's serving signature; inputs and outputs are matched by name (the
     signature's output order is not stable across processes)."""
     import tensorflow as tf
 
     fn = tf.saved_model.load(str(path)).signatures["serving_default"]
-    args = sorted(fn.structured_input_signature[1])
-    if len(args) == 1 and len(inputs) == 1:
-        feed_ = {args[0]: next(iter(inputs.values()))}
-    elif set(args) == set(inputs):
-        feed_ = dict(inputs)
-    else:
-        raise SignatureError(f"{path}: the serving signature takes {args}, the model declares "
-                             f"{sorted(inputs)}")
-    res = fn(**{k: tf.constant(v) for k, v in feed_.items()})
-    names = [s.name for s in specs]
-    if len(res) == 1 and len(names) == 1:
-        return {"outputs": {names[0]: np.asarray(next(iter(res.values())))}}
-    return {"outputs": {k: np.asarray(v) for k, v in res.items()}}
+    feed_ = _match_inputs(path, fn.structured_input_signature[1], inputs)
+    return _named_outputs(fn(**{k: tf.constant(v) for k, v in feed_.items()}), specs)
+
+
+def _tflite_interpreter(path):
+    """LiteRT's own interpreter when installed, else TensorFlow's copy of it (deprecated in favour
+    of ai_edge_litert but still shipped; its warning says only that)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import warnings
+
+        import tensorflow as tf
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "(?s).*tf.lite.Interpreter is deprecated")
+            return tf.lite.Interpreter(model_path=str(path))
+    return Interpreter(model_path=str(path))
+
+
+def tflite_outputs(path, inputs: dict, specs=DEFAULT_OUTPUTS) -> dict:
+    """Run a LiteRT/TFLite file with the interpreter, through its signature runner: inputs fed
+    and outputs read by name. The file stores batch 1 (and 1x1 images for a size-free model); the
+    runner resizes each input tensor to the array it is given, here the golden input's shape, and
+    re-allocates before invoking (checked by tests/test_formats.py at batch 2 and a non-default
+    size)."""
+    runner = _tflite_interpreter(path).get_signature_runner()
+    details = runner.get_input_details()
+    feed_ = _match_inputs(path, details, inputs)
+    return _named_outputs(runner(**{k: np.asarray(v, details[k]["dtype"])
+                                    for k, v in feed_.items()}), specs)
+
+
+def onnx_outputs(path, inputs: dict, specs=DEFAULT_OUTPUTS) -> dict:
+    """Run an ONNX file with onnxruntime (CPU); inputs and outputs matched by name."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        from zoo.cli import DIST
+        raise SignatureError(f"{path}: validating ONNX needs onnxruntime: pip install "
+                             f"'{DIST}[onnx]'") from None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed_ = _match_inputs(path, [i.name for i in session.get_inputs()], inputs)
+    names = [o.name for o in session.get_outputs()]
+    res = session.run(names, {k: np.asarray(v, np.float32) for k, v in feed_.items()})
+    return _named_outputs(dict(zip(names, res)), specs)
 
 
 def load_golden(model_dir) -> tuple[dict, dict]:
@@ -174,15 +227,13 @@ def save_golden(model_dir, inputs: dict, ref: dict) -> None:
 
 
 def validate_files(model_dir, inputs=None, ref=None) -> dict:
-    """Re-run every exported file in `model_dir` and compare with the golden reference, output by
-    output by name.
+    """Re-run every exported file in `model_dir` (the formats its config.json records) and compare
+    with the golden reference, output by output by name.
 
     Returns {format: comparison}, each with "passed"; used right after export and by
     scripts/validate_all.py long after, without torch."""
-    import keras
-
-    import zoo.layers  # noqa: F401 - registers custom layers for .keras loading
-    from zoo.models import build
+    from zoo.constants import FORMAT_FILES
+    from zoo.export import written_formats
 
     model_dir = Path(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
@@ -192,16 +243,29 @@ def validate_files(model_dir, inputs=None, ref=None) -> dict:
     tol = config["tolerance"]
     feats = [f for f in config.get("feature_layers", []) if f in ref["features"]]
     results = {}
-
-    model = build(config["builder"], config["builder_kwargs"])
-    model.load_weights(model_dir / "model.weights.h5")
-    results["weights.h5"] = compare_outputs(ref, keras_outputs(model, inputs, feats, specs), tol, specs)
-    del model
-
-    model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True)
-    results["keras"] = compare_outputs(ref, keras_outputs(model, inputs, feats, specs), tol, specs)
-    del model
-
-    results["saved_model"] = compare_outputs(
-        ref, saved_model_outputs(model_dir / "saved_model", inputs, specs), tol, specs)
+    for fmt in written_formats(config):
+        path = model_dir / FORMAT_FILES[fmt]
+        if fmt in ("weights.h5", "keras"):
+            model = _load_keras(config, path)
+            out = keras_outputs(model, inputs, feats, specs)
+            del model
+        else:
+            run = {"saved_model": saved_model_outputs, "tflite": tflite_outputs,
+                   "onnx": onnx_outputs}[fmt]
+            out = run(path, inputs, specs)
+        results[fmt] = compare_outputs(ref, out, tol, specs)
     return results
+
+
+def _load_keras(config: dict, path: Path):
+    """The Keras model of a `.weights.h5` (rebuilt with the recorded builder) or a `.keras` file."""
+    import keras
+
+    import zoo.layers  # noqa: F401 - registers custom layers for .keras loading
+    from zoo.models import build
+
+    if path.suffix == ".keras":
+        return keras.saving.load_model(path, safe_mode=True)
+    model = build(config["builder"], config["builder_kwargs"])
+    model.load_weights(path)
+    return model

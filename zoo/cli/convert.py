@@ -1,5 +1,5 @@
 """Convert one catalogue model: python scripts/convert.py NAME [--weights random|pretrained|PATH]
-[--num-classes N] [--in-chans C] [--out DIR] [--input-size S]"""
+[--num-classes N] [--in-chans C] [--out DIR] [--input-size S] [--formats LIST]"""
 import argparse
 import os
 import sys
@@ -7,6 +7,16 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from zoo.arguments import cli, output_root, positive_int  # noqa: E402
 from zoo.cli import require_convert_extra  # noqa: E402
+from zoo.constants import DEFAULT_FORMATS, FORMATS  # noqa: E402
+from zoo.export import parse_formats  # noqa: E402
+
+
+def add_formats_argument(p: argparse.ArgumentParser) -> None:
+    """--formats, shared with convert_all (an unknown name is argparse's one-line error, exit 2)."""
+    p.add_argument("--formats", type=cli(parse_formats, "--formats"), default=DEFAULT_FORMATS,
+                   metavar="LIST", help=f"export formats, a comma list out of {', '.join(FORMATS)} "
+                   f"(default: {','.join(DEFAULT_FORMATS)}); a format the converter cannot express "
+                   "for a model is skipped and the skip recorded")
 
 
 def main(argv=None):
@@ -23,6 +33,7 @@ def main(argv=None):
                    help="output root (model goes to OUT/NAME/)")
     p.add_argument("--input-size", type=cli(positive_int, "--input-size"),
                    help="validation resolution (default: the recipe's)")
+    add_formats_argument(p)
     args = p.parse_args(argv)
 
     require_convert_extra()
@@ -42,7 +53,8 @@ def main(argv=None):
     try:
         _model, report = convert(args.name, weights=args.weights, num_classes=args.num_classes,
                                  in_chans=args.in_chans, out_dir=args.out,
-                                 input_size=args.input_size, progress=progress)
+                                 input_size=args.input_size, progress=progress,
+                                 formats=args.formats)
     except ValidationError as e:
         bar.close()
         print(f"error: {e}", file=sys.stderr)
@@ -62,6 +74,9 @@ def main(argv=None):
             + (f" top-1 {m['top1']:.3f}" if "top1" in m else "") for k, m in outputs.items())
         print(f"{fmt:12s} max rel {par['max_rel']:.2e}  {detail.strip()}  "
               f"{'ok' if par['passed'] else 'FAILED'}".replace("   ", "  "))
+    for fmt, export in report["exports"].items():
+        if "skipped" in export:
+            print(f"{fmt:12s} SKIPPED: {export['skipped']}")
     print(f"wrote {report['output_dir']}")
     return 0
 

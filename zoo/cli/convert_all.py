@@ -4,6 +4,7 @@ import argparse
 import sys
 
 from zoo.arguments import cli, output_root, positive_int, positive_seconds
+from zoo.cli.convert import add_formats_argument
 
 
 def main(argv=None):
@@ -22,6 +23,7 @@ def main(argv=None):
                    help="validation resolution (default: each recipe's)")
     p.add_argument("--timeout", type=cli(positive_seconds, "--timeout"), metavar="SECONDS",
                    help="fail a model whose worker runs longer than this, and go on")
+    add_formats_argument(p)
     args = p.parse_args(argv)
 
     from zoo.batch import BatchError, run_batch, select, summary_table
@@ -32,7 +34,7 @@ def main(argv=None):
             return 0
         rows, code = run_batch(names, weights=args.weights, jobs=args.jobs, out=args.out,
                                resume=args.resume, input_size=args.input_size,
-                               timeout=args.timeout)
+                               timeout=args.timeout, formats=args.formats)
     except BatchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

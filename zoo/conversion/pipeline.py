@@ -18,7 +18,7 @@ from zoo.conversion.mapping import apply_plan, plan_mapping
 from zoo.conversion.sources import load_torch_model
 from zoo.conversion.torch_first import torch  # noqa: F401 - before keras/tensorflow
 from zoo.errors import ExportError, ValidationError
-from zoo.export import atomic_dir, manifest, save_model_files, write_json
+from zoo.export import atomic_dir, manifest, parse_formats, save_model_files, write_json
 from zoo.io_spec import make_inputs
 from zoo.models import build, builder_kwargs
 from zoo.validate import (
@@ -104,16 +104,20 @@ def prepare(name, weights="random", num_classes=None, in_chans=None, *, timings=
 
 def convert(name: str, weights="random", num_classes: int | None = None,
             in_chans: int | None = None, out_dir=None, input_size: int | None = None,
-            progress=None, requested: str | None = None, warnings=()):
+            progress=None, requested: str | None = None, warnings=(), formats=None):
     """Convert catalogue model `name`; returns (keras_model, report).
 
     weights: 'random' (perturbed), 'pretrained', or a checkpoint path. out_dir: output root
     (the model goes to `<out_dir>/<name>/`), or None to convert and validate without writing.
     Raises ValidationError (with .report) if parity fails; MappingError/SourceError otherwise.
     requested/warnings: what the user asked for when it differs from `weights` (batch `auto`) and
-    why; both are recorded in the report.
+    why; both are recorded in the report. formats: the export formats (a comma list or sequence
+    out of zoo.constants.FORMATS; default DEFAULT_FORMATS). A format whose converter cannot express
+    the model is skipped and the skip recorded (report["exports"][fmt]["skipped"]); a written
+    format that fails parity fails the conversion.
     """
     input_size = positive_int("input_size", input_size)
+    formats = parse_formats("formats", formats)
     final = None if out_dir is None else output_dir(output_root("out_dir", out_dir), name)
     timings: dict[str, float] = {}
     variant, tm, kwargs, model, plan = prepare(name, weights, num_classes, in_chans,
@@ -176,9 +180,11 @@ def convert(name: str, weights="random", num_classes: int | None = None,
     }
     with atomic_dir(final) as tmp:
         with _stage("export", timings, progress), _disk_errors(name, final):
-            write_json(tmp / "config.json", config)
             save_golden(tmp, inputs, ref)
-            save_model_files(model, tmp)
+            report["exports"] = exports = save_model_files(model, tmp, formats)
+            # what the folder holds: validate_all, --resume and publish follow this list
+            config["formats"] = [f for f, e in exports.items() if "skipped" not in e]
+            write_json(tmp / "config.json", config)
         with _stage("reload_validate", timings, progress):
             parity.update(validate_files(tmp, inputs, ref))
         failed = [fmt for fmt, p in parity.items() if not p["passed"]]

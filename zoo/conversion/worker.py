@@ -37,7 +37,8 @@ def run(job: dict) -> dict:
         result["warnings"] = warnings
         _model, report = convert(job["name"], weights=weights, out_dir=job["out"],
                                  num_classes=job.get("num_classes"),
-                                 input_size=job.get("input_size"), requested=job["weights"]
+                                 input_size=job.get("input_size"), formats=job.get("formats"),
+                                 requested=job["weights"]
                                  if job["weights"] == "auto" else None, warnings=warnings,
                                  progress=lambda s: print(f"@@stage {s}", flush=True))
         result.update(status="passed", report=report)
