@@ -23,7 +23,10 @@ def converted(tmp_path_factory):
 
     def get(name):
         if name not in cache:
-            _model, report = zoo.convert(name, input_size=SMALL, out_dir=root)
+            # SavedModel too (opt-in since --formats): test_convert checks its parity and
+            # test_hub publishes it (--saved-model)
+            _model, report = zoo.convert(name, input_size=SMALL, out_dir=root,
+                                         formats="weights.h5,keras,saved_model")
             cache[name] = (Path(report["output_dir"]), report)
         return cache[name]
 

@@ -60,7 +60,7 @@ def test_convert_all_converts_declared_inputs_and_outputs_and_logs_full_errors(b
         assert row["max_rel"] < 1e-5, (name, row)
         assert sorted(row["outputs"]) == sorted(OUTPUTS[name]), row
         report = json.loads((tmp / "out" / name / "report.json").read_text())
-        for fmt in ("in_memory", "weights.h5", "keras", "saved_model"):
+        for fmt in ("in_memory", "weights.h5", "keras"):   # the default formats
             parity = report["parity"][fmt]
             assert parity["passed"] and sorted(parity["outputs"]) == sorted(OUTPUTS[name]), fmt
         with np.load(tmp / "out" / name / "golden.npz") as z:
@@ -137,7 +137,7 @@ def test_convert_py_prints_parity_per_output(tmp_path):
            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     proc = run_script("convert.py", "user/two_inputs", "--out", tmp_path / "out", env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("saved_model"))
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("keras"))
     assert "score" in line and "embedding" in line and "top-1 1.000" in line and "ok" in line
 
 

@@ -44,14 +44,15 @@ def assert_consistent(out, passed):
 
 def test_worker_killed_inside_each_stage_then_resume(tmp_path):
     out = tmp_path / "out"
+    three = ("--formats", "weights.h5,keras,saved_model")   # SavedModel is opt-in
     for point in ("map_weights", "export:weights.h5", "export:keras", "export:saved_model"):
-        proc = batch(out, "--resume", kill_at=point)
+        proc = batch(out, "--resume", *three, kill_at=point)
         assert proc.returncode == 1, point
         row = index(out)[NAME]
         assert row["status"] == "crashed" and "SIGKILL" in row["error"], point
         assert not (out / NAME).exists(), point   # nothing half-written looks like a model
         assert debris(out) == [], point           # the parent removed the dead worker's folder
-    proc = batch(out, "--resume")
+    proc = batch(out, "--resume", *three)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert_consistent(out, [NAME])
 

@@ -22,7 +22,7 @@ import yaml
 
 from zoo import faults
 from zoo.errors import ZooError
-from zoo.export import is_complete, manifest, sha256_file, write_json, write_text
+from zoo.export import is_complete, manifest, sha256_file, write_json, write_text, written_formats
 from zoo.validate import output_summary
 
 INDEX_VERSION = 1
@@ -48,9 +48,18 @@ def find_models(out_roots) -> dict[str, Path]:
     return found
 
 
-def check_model(folder: Path, allow_random: bool) -> tuple[dict | None, str | None]:
+def check_model(folder: Path, allow_random: bool,
+                saved_model: bool = False) -> tuple[dict | None, str | None]:
     """(report, None) if publishable, else (None, reason)."""
     report = json.loads((folder / "report.json").read_text())
+    # a release serves .weights.h5 (and the SavedModel when asked); --formats may have left
+    # either out of the folder
+    formats = written_formats(json.loads((folder / "config.json").read_text()))
+    needed = ["weights.h5"] + (["saved_model"] if saved_model else [])
+    missing = [f for f in needed if f not in formats]
+    if missing:
+        return None, (f"converted without {', '.join(missing)} (its formats: {', '.join(formats)}); "
+                      f"convert again with --formats including {','.join(missing)}")
     failed = [f for f, p in report.get("parity", {}).items() if not p.get("passed")]
     if report.get("status") != "passed" or failed or not report.get("parity"):
         return None, f"failed validation ({', '.join(failed) or report.get('status')})"
@@ -177,7 +186,7 @@ def build_release(out_roots, release: Path, version: str | None = None,
         index["models"] = json.loads(index_path.read_text()).get("models", {})
     refused = {}
     for name, folder in sorted(models.items()):
-        report, reason = check_model(folder, allow_random)
+        report, reason = check_model(folder, allow_random, saved_model)
         if report is None:
             refused[name] = reason
             continue

@@ -166,18 +166,19 @@ def saved_model_outputs(path, inputs: dict, specs=DEFAULT_OUTPUTS) -> dict:
 
 
 def _tflite_interpreter(path):
-    """LiteRT's own interpreter when installed, else TensorFlow's copy of it (deprecated in favour
-    of ai_edge_litert but still shipped; its warning says only that)."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        import warnings
+    """TensorFlow's LiteRT interpreter: unlike the standalone ai_edge_litert it links the TF
+    select-ops (Flex) delegate, which Keras' export uses for ops TFLite has no builtin for. It
+    warns that it moves to ai_edge_litert; that is all the warning says. Where a TensorFlow has
+    dropped it, ai_edge_litert's (builtin ops only) is used."""
+    import warnings
 
-        import tensorflow as tf
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "(?s).*tf.lite.Interpreter is deprecated")
-            return tf.lite.Interpreter(model_path=str(path))
-    return Interpreter(model_path=str(path))
+    import tensorflow as tf
+    if not hasattr(tf.lite, "Interpreter"):
+        from ai_edge_litert.interpreter import Interpreter
+        return Interpreter(model_path=str(path))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "(?s).*tf.lite.Interpreter is deprecated")
+        return tf.lite.Interpreter(model_path=str(path))
 
 
 def tflite_outputs(path, inputs: dict, specs=DEFAULT_OUTPUTS) -> dict:
