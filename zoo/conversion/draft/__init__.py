@@ -16,7 +16,9 @@ r"""Draft a recipe's mapping table by aligning a PyTorch state_dict with a Keras
    groups ...): order decides across blocks, names inside them. A pair is "decided by name" only
    when its name beats every other candidate's clearly (NAME_MIN, NAME_MARGIN); otherwise it is
    "chosen by order".
-   A Dense fed by a Flatten of a spatial map gets `linear_after_flatten` with its `chw`.
+   A Dense fed by a Flatten of a spatial map gets `linear` when torch (as traced) and Keras flatten
+   in the same order, `linear_after_flatten` with its `chw` when torch flattens NCHW and Keras NHWC,
+   else a comment naming the Permute the Keras builder lacks (zoo.conversion.flatten_order).
 4. Matched pairs are generalised into regex rules: the numbers of a torch module path become
    `(\d+)` groups (or, if that gives fewer rules, its dotted segments become `(\w+)` groups) and
    the Keras template that reproduces every covered pair with `{1}`, `{2}` ... is searched for;
@@ -28,9 +30,14 @@ r"""Draft a recipe's mapping table by aligning a PyTorch state_dict with a Keras
    output shape) and the classifier, and lists the torch tensors and keras variables it could
    not match.
 
-Modules: trace (the two sides, execution order), align (compatibility and the assignment),
-generalise (regex rules), features (features, classifier), emit (the YAML), core (draft_recipe),
-model (the dataclasses). Keras is imported inside functions only: torch must come first.
+The torch model is traced once at the declared inputs (zoo.io_spec; default one image of
+TRACE_SIZE px); `inputs:`/`outputs:` are drafted from that trace where they differ from the
+defaults (io).
+
+Modules: trace (the two sides, execution order), io (inputs, outputs, the Keras build), align
+(compatibility and the assignment), generalise (regex rules), features (features), emit (the
+YAML), core (draft_recipe), model (the dataclasses). Keras is imported inside functions only:
+torch must come first.
 """
 from zoo.conversion.draft.core import TRACE_SIZE, default_name, draft_recipe
 from zoo.conversion.draft.model import Draft, DraftError
