@@ -39,6 +39,8 @@ def attention(x, heads, name, qkv_bias=True, names=("qkv", "attn", "proj")):
     """Self-attention: one Dense to (q|k|v, heads, head_dim) -> FusedQKVAttention -> Dense."""
     qkv, attn, proj = (f"{name}_{n}" for n in names)
     dim = x.shape[-1]
+    if dim % heads:
+        raise ValueError(f"{name}: width {dim} is not a multiple of {heads} heads")
     y = keras.layers.Dense(3 * dim, use_bias=qkv_bias, name=qkv)(x)
     y = FusedQKVAttention(heads, name=attn)(y)
     return keras.layers.Dense(dim, name=proj)(y)
