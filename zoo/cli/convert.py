@@ -68,12 +68,11 @@ def main(argv=None):
     for w in report["warnings"]:
         print(f"WARNING: {w}", file=sys.stderr)
     for fmt, par in report["parity"].items():
-        outputs = par["outputs"]
-        detail = "  ".join(
-            (f"{k} {m['max_rel']:.2e}" if len(outputs) > 1 else "")
-            + (f" top-1 {m['top1']:.3f}" if "top1" in m else "") for k, m in outputs.items())
-        print(f"{fmt:12s} max rel {par['max_rel']:.2e}  {detail.strip()}  "
-              f"{'ok' if par['passed'] else 'FAILED'}".replace("   ", "  "))
+        parts = [f"max rel {par['max_rel']:.2e}"]
+        for k, m in par["outputs"].items():   # by name when there are several outputs
+            parts += [f"{k} {m['max_rel']:.2e}"] if len(par["outputs"]) > 1 else []
+            parts += [f"top-1 {m['top1']:.3f}"] if "top1" in m else []
+        print(f"{fmt:12s} {'  '.join(parts)}  {'ok' if par['passed'] else 'FAILED'}")
     for fmt, export in report["exports"].items():
         if "skipped" in export:
             print(f"{fmt:12s} SKIPPED: {export['skipped']}")
