@@ -151,8 +151,8 @@ def two_inputs_keras(classes=5, **_):
                         "embedding": layers.Dense(12, name="embed")(h)}, name="two_inputs")
 
 
-# The recipes a user writes for them (the mapping tables are what scripts/new_recipe.py drafts;
-# tests/test_any_model.py checks that it does).
+# The recipes a user writes for them (the mapping tables, inputs and outputs are what
+# scripts/new_recipe.py drafts: tests/test_new_recipe.py checks that it does).
 RECIPES = {
     "landmarks": """
 family: user_landmarks
