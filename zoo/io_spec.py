@@ -80,21 +80,20 @@ def _permute_shape(shape, layout):
     return tuple(shape)
 
 
+# batched axis orders: torch layout -> Keras layout (channels last), by layout and rank
+_TO_KERAS = {("image", 4): (0, 2, 3, 1), ("sequence", 3): (0, 2, 1)}
+_TO_TORCH = {key: tuple(sorted(range(len(p)), key=p.__getitem__)) for key, p in _TO_KERAS.items()}
+
+
 def to_keras(array, layout: str):
     """A batched torch-layout array in the Keras layout (channels last)."""
-    if layout == "image" and array.ndim == 4:
-        return array.transpose(0, 2, 3, 1)
-    if layout == "sequence" and array.ndim == 3:
-        return array.transpose(0, 2, 1)
-    return array
+    axes = _TO_KERAS.get((layout, array.ndim))
+    return array if axes is None else array.transpose(axes)
 
 
 def to_torch(array, layout: str):
-    if layout == "image" and array.ndim == 4:
-        return array.transpose(0, 3, 1, 2)
-    if layout == "sequence" and array.ndim == 3:
-        return array.transpose(0, 2, 1)
-    return array
+    axes = _TO_TORCH.get((layout, array.ndim))
+    return array if axes is None else array.transpose(axes)
 
 
 # ---------------------------------------------------------------- parsing
