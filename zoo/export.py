@@ -165,26 +165,55 @@ def written_formats(config: dict) -> tuple[str, ...]:
     return tuple(config.get("formats", LEGACY_FORMATS))
 
 
-def _export_optional(model, path: Path, fmt: str) -> dict:
-    """Write a format that some models cannot be expressed in. A converter that refuses the model
-    is a recorded skip (the conversion goes on); a disk error still stops everything."""
+def _tflite_signature(model, shapes: dict | None):
+    """The LiteRT file's input signature: the batch free, every other axis fixed at the
+    validation input's (`shapes`: {input name: shape without batch}). A size-free image input
+    otherwise becomes SHAPE/PAD arithmetic in the graph (ceil-mode pooling, TF-"same" padding),
+    and the convolutions after it become TF select ops (FlexConv2D) that no interpreter without
+    the Flex delegate runs (TensorFlow's own pip interpreter does not link it)."""
+    if not shapes:
+        return None
+    import tensorflow as tf
+
+    specs = {k: tf.TensorSpec((None, *shape), tf.float32, name=k) for k, shape in shapes.items()}
+    if isinstance(model.input, dict):
+        return [specs]
+    return [next(iter(specs.values()))] if len(specs) == 1 else None
+
+
+def _export_optional(model, path: Path, fmt: str, check, shapes) -> dict:
+    """Write a format that some models cannot be expressed in. A converter that refuses the model,
+    or writes a file its runtime cannot run (`check`), is a recorded skip and the conversion goes
+    on; numbers that differ are not a skip (validation fails the model); a disk error stops
+    everything."""
     try:
         # Keras' own exporters: LiteRT through TFLiteConverter from a SavedModel of the model's
         # call (TFLite builtins, TF select ops where none exists), ONNX through tf2onnx.
-        model.export(str(path), format="litert" if fmt == "tflite" else fmt, verbose=False)
+        if fmt == "tflite":
+            model.export(str(path), format="litert", verbose=False,
+                         input_signature=_tflite_signature(model, shapes))
+        else:
+            model.export(str(path), format=fmt, verbose=False)
+        # The converters can succeed with a file that does not run: tf2onnx writes a TF op it has
+        # no ONNX twin for (Lgamma, Erfinv, ...) as an unknown node and only logs it; the TFLite
+        # converter may fold a batch-1 constant into the graph, which then fails at batch 2.
+        if check is not None:
+            check(fmt, path)
     except OSError:
         raise
     except Exception as e:  # noqa: BLE001 - any converter refusal is a skip, reported
         if path.exists():
             path.unlink()
         first = (str(e).strip().splitlines() or [""])[0][:300]
-        return {"skipped": f"the {fmt} converter cannot express this model: "
-                           f"{type(e).__name__}: {first}"}
+        return {"skipped": f"the {fmt} converter cannot express this model (its export or the "
+                           f"run of the exported file failed): {type(e).__name__}: {first}"}
     return {"file": path.name}
 
 
-def save_model_files(model, folder, formats) -> dict:
-    """Write `formats` into `folder`; returns {format: {"file": name} or {"skipped": why}}."""
+def save_model_files(model, folder, formats, check=None, shapes=None) -> dict:
+    """Write `formats` into `folder`; returns {format: {"file": name} or {"skipped": why}}.
+    check(format, path): runs an optional format's file, raising if its runtime cannot.
+    shapes: {input name: shape without batch} the TFLite file is fixed at (None: the model's)."""
     folder = Path(folder)
     exports = {}
     for fmt in formats:
@@ -197,7 +226,7 @@ def save_model_files(model, folder, formats) -> dict:
             # serving_default: the model's named inputs and outputs, NHWC float32
             model.export(str(path), format="tf_saved_model", verbose=False)
         else:
-            exports[fmt] = _export_optional(model, path, fmt)
+            exports[fmt] = _export_optional(model, path, fmt, check, shapes)
             faults.point(f"export:{fmt}")
             continue
         exports[fmt] = {"file": path.name}

@@ -183,10 +183,9 @@ def _tflite_interpreter(path):
 
 def tflite_outputs(path, inputs: dict, specs=DEFAULT_OUTPUTS) -> dict:
     """Run a LiteRT/TFLite file with the interpreter, through its signature runner: inputs fed
-    and outputs read by name. The file stores batch 1 (and 1x1 images for a size-free model); the
-    runner resizes each input tensor to the array it is given, here the golden input's shape, and
-    re-allocates before invoking (checked by tests/test_formats.py at batch 2 and a non-default
-    size)."""
+    and outputs read by name. The file stores batch 1 (its other axes are fixed at the validation
+    size, see zoo.export); the runner resizes each input tensor to the array it is given, here the
+    golden input's shape, and re-allocates before invoking (tests/test_formats.py checks it)."""
     runner = _tflite_interpreter(path).get_signature_runner()
     details = runner.get_input_details()
     feed_ = _match_inputs(path, details, inputs)
@@ -207,6 +206,11 @@ def onnx_outputs(path, inputs: dict, specs=DEFAULT_OUTPUTS) -> dict:
     names = [o.name for o in session.get_outputs()]
     res = session.run(names, {k: np.asarray(v, np.float32) for k, v in feed_.items()})
     return _named_outputs(dict(zip(names, res)), specs)
+
+
+# {format: run(path, inputs by name, output specs) -> {"outputs": {name: array}}} of the formats
+# that are not Keras files
+RUNNERS = {"saved_model": saved_model_outputs, "tflite": tflite_outputs, "onnx": onnx_outputs}
 
 
 def load_golden(model_dir) -> tuple[dict, dict]:
@@ -251,9 +255,7 @@ def validate_files(model_dir, inputs=None, ref=None) -> dict:
             out = keras_outputs(model, inputs, feats, specs)
             del model
         else:
-            run = {"saved_model": saved_model_outputs, "tflite": tflite_outputs,
-                   "onnx": onnx_outputs}[fmt]
-            out = run(path, inputs, specs)
+            out = RUNNERS[fmt](path, inputs, specs)
         results[fmt] = compare_outputs(ref, out, tol, specs)
     return results
 

@@ -22,6 +22,7 @@ from zoo.export import atomic_dir, manifest, parse_formats, save_model_files, wr
 from zoo.io_spec import make_inputs
 from zoo.models import build, builder_kwargs
 from zoo.validate import (
+    RUNNERS,
     compare_outputs,
     feed,
     keras_outputs,
@@ -181,7 +182,9 @@ def convert(name: str, weights="random", num_classes: int | None = None,
     with atomic_dir(final) as tmp:
         with _stage("export", timings, progress), _disk_errors(name, final):
             save_golden(tmp, inputs, ref)
-            report["exports"] = exports = save_model_files(model, tmp, formats)
+            report["exports"] = exports = save_model_files(
+                model, tmp, formats, check=lambda fmt, path: RUNNERS[fmt](path, inputs, out_specs),
+                shapes={k: a.shape[1:] for k, a in inputs.items()})
             # what the folder holds: validate_all, --resume and publish follow this list
             config["formats"] = [f for f, e in exports.items() if "skipped" not in e]
             write_json(tmp / "config.json", config)

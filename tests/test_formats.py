@@ -1,0 +1,168 @@
+"""Export formats (--formats): the default writes .weights.h5 and .keras only; SavedModel, LiteRT/
+TFLite and ONNX are opt-in, each re-validated by running it (SavedModel signature, the TFLite
+interpreter at a resized input, onnxruntime), output by output by name; a format the converter
+cannot express is a recorded skip; an unknown format name is exit code 2. Parity is against the
+torch modules of tests/io_models.py and the real torchvision SqueezeNet, with perturbed weights."""
+import json
+
+import numpy as np
+import pytest
+from io_models import RECIPES
+
+import zoo
+from helpers import ROOT, run_script
+from zoo.constants import FORMATS
+from zoo.export import is_complete
+from zoo.validate import validate_files
+
+META = {"config.json", "golden.npz", "report.json"}
+LANDMARK_OUTPUTS = ["boxes", "landmarks", "probability"]
+
+# A model with TF's Lgamma, which neither optional format can express (measured): tf2onnx has no
+# ONNX twin for it (it writes the TF node and only logs that), and the TFLite converter folds it
+# into a file whose graph holds a batch-0 constant, so the interpreter cannot run it at batch 2.
+# Both must be recorded skips, and .weights.h5 written and validated.
+LGAMMA_MODULE = '''
+import torch
+from torch import nn
+
+
+class LogGamma(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(torch.lgamma(x.abs() + 1.0))
+
+
+def torch_model(**_):
+    return LogGamma()
+
+
+def keras_model(**_):
+    import keras
+    import tensorflow as tf
+
+    @keras.saving.register_keras_serializable("zoo_test")
+    class LogGammaLayer(keras.layers.Layer):
+        def call(self, x):
+            return tf.math.lgamma(tf.abs(x) + 1.0)
+
+    x = keras.Input((8,), name="x")
+    return keras.Model(x, keras.layers.Dense(4, name="fc")(LogGammaLayer()(x)))
+'''
+LGAMMA_RECIPE = """
+family: user_lgamma
+inputs:
+  - {name: x, shape: [8]}
+mapping:
+  - {torch: fc, keras: fc, transform: linear}
+variants:
+  user/lgamma:
+    torch: {source: 'python:lgamma_model:torch_model'}
+    keras: {builder: 'python:lgamma_model:keras_model'}
+"""
+
+
+@pytest.fixture
+def user_models(tmp_path, monkeypatch):
+    """The test-defined models as catalogue names (ZOO_RECIPE_PATH in this process)."""
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "landmarks.yaml").write_text(RECIPES["landmarks"])
+    (recipes / "lgamma.yaml").write_text(LGAMMA_RECIPE)
+    (tmp_path / "lgamma_model.py").write_text(LGAMMA_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    monkeypatch.setenv("ZOO_RECIPE_PATH", str(recipes))
+    return tmp_path
+
+
+def _files(folder):
+    return {p.name for p in folder.iterdir()}
+
+
+def test_default_formats_are_weights_and_keras_only(user_models):
+    _model, report = zoo.convert("user/landmarks", out_dir=user_models / "out")
+    folder = user_models / "out" / "user" / "landmarks"
+    assert _files(folder) == META | {"model.weights.h5", "model.keras"}
+    assert json.loads((folder / "config.json").read_text())["formats"] == ["weights.h5", "keras"]
+    assert report["exports"] == {"weights.h5": {"file": "model.weights.h5"},
+                                 "keras": {"file": "model.keras"}}
+    assert set(report["parity"]) == {"in_memory", "weights.h5", "keras"}
+    assert is_complete(folder)
+    results = validate_files(folder)
+    assert set(results) == {"weights.h5", "keras"} and all(r["passed"] for r in results.values())
+    # a recorded format whose file is gone: the folder is no longer complete
+    (folder / "model.keras").unlink()
+    assert not is_complete(folder)
+
+
+def test_multi_output_model_in_every_opt_in_format_validates_by_name(user_models):
+    _model, report = zoo.convert("user/landmarks", out_dir=user_models / "out",
+                                 formats="saved_model,tflite,onnx")
+    folder = user_models / "out" / "user" / "landmarks"
+    assert _files(folder) == META | {"saved_model", "model.tflite", "model.onnx"}
+    for fmt in ("saved_model", "tflite", "onnx"):
+        parity = report["parity"][fmt]
+        assert parity["passed"], (fmt, parity)
+        assert sorted(parity["outputs"]) == LANDMARK_OUTPUTS, fmt
+        assert all(m["max_rel"] < 1e-5 for m in parity["outputs"].values()), (fmt, parity)
+    # a wrong golden value of one output fails that output only, in every format, by name
+    with np.load(folder / "golden.npz") as z:
+        arrays = dict(z)
+    arrays["output/landmarks"] = arrays["output/landmarks"] * 1.01
+    np.savez(folder / "golden.npz", **arrays)
+    results = validate_files(folder)
+    assert set(results) == {"saved_model", "tflite", "onnx"}
+    for fmt, r in results.items():
+        assert not r["passed"], fmt
+        out = r["outputs"]
+        assert out["boxes"]["max_rel"] < 1e-5 < out["landmarks"]["max_rel"], (fmt, out)
+
+
+def test_a_format_the_converter_cannot_express_is_a_recorded_skip(user_models):
+    _model, report = zoo.convert("user/lgamma", out_dir=user_models / "out",
+                                 formats="weights.h5,tflite,onnx")
+    folder = user_models / "out" / "user" / "lgamma"
+    assert report["status"] == "passed"
+    skip = report["exports"]["onnx"]["skipped"]
+    assert "onnx converter cannot express" in skip and "Lgamma" in skip, skip
+    skip = report["exports"]["tflite"]["skipped"]
+    assert "tflite converter cannot express" in skip and "not broadcastable" in skip, skip
+    assert set(report["parity"]) == {"in_memory", "weights.h5"}
+    assert report["parity"]["weights.h5"]["passed"]
+    assert _files(folder) == META | {"model.weights.h5"}
+    assert json.loads((folder / "config.json").read_text())["formats"] == ["weights.h5"]
+    assert set(validate_files(folder)) == {"weights.h5"}
+
+
+def test_tflite_of_a_catalogue_model_runs_at_a_resized_input(tmp_path):
+    """convert.py --formats tflite: the interpreter runs the file at the golden input's shape
+    (the validation batch of 4 at 48x48), not the shape stored in the file (batch 1)."""
+    proc = run_script("convert.py", "torchvision/squeezenet1_1", "--input-size", 48,
+                      "--formats", "tflite", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("tflite"))
+    assert "top-1 1.000" in line and line.endswith("ok"), line
+    folder = tmp_path / "torchvision" / "squeezenet1_1"
+    assert _files(folder) == META | {"model.tflite"}
+    report = json.loads((folder / "report.json").read_text())
+    assert report["parity"]["tflite"]["outputs"]["logits"]["max_rel"] < 1e-4
+    import tensorflow as tf
+
+    stored = tf.lite.Interpreter(model_path=str(folder / "model.tflite")).get_input_details()[0]
+    with np.load(folder / "golden.npz") as z:
+        golden = next(z[k] for k in z.files if k.startswith("input/"))
+    assert tuple(stored["shape"]) == (1, 48, 48, 3) and golden.shape == (4, 48, 48, 3)
+
+
+def test_unknown_format_names_the_known_ones(tmp_path):
+    for script in ("convert.py", "convert_all.py"):
+        args = ["timm/resnet18"] if script == "convert.py" else []
+        proc = run_script(script, *args, "--formats", "keras,pb", "--out", tmp_path)
+        assert proc.returncode == 2, (script, proc.stderr)
+        error = proc.stderr.strip().splitlines()[-1]
+        assert "unknown format(s) 'pb'" in error and ", ".join(FORMATS) in error, error
+    assert not any(tmp_path.iterdir())
