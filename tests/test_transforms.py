@@ -17,8 +17,8 @@ from torch import nn
 from zoo.transforms import TRANSFORMS
 
 TOL = 1e-5
-TESTED = {"conv2d", "depthwise", "linear", "linear_after_flatten", "batchnorm", "layernorm",
-          "groupnorm", "prelu", "identity", "mha_in_proj"}
+TESTED = {"conv2d", "conv1d", "depthwise", "linear", "linear_after_flatten", "batchnorm",
+          "layernorm", "groupnorm", "prelu", "identity", "mha_in_proj"}
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -105,6 +105,27 @@ def test_conv2d(kernel, stride, padding, groups, dilation, bias):
     with torch.no_grad():
         ref = to_nhwc(tm(nchw(x)))
     assert rel_err(km(x), ref) <= TOL
+
+
+# ------------------------------------------------------------------------------------------ conv1d
+
+@pytest.mark.parametrize("kernel, stride, padding, groups, dilation", [
+    (9, 2, 4, 1, 1), (1, 1, 0, 1, 1), (3, 1, 2, 4, 2)], ids=["k9_s2", "pointwise", "groups4_dilated"])
+def test_conv1d(kernel, stride, padding, groups, dilation):
+    """torch (N, C, L) vs Keras (N, L, C): the kernel taps keep their order (a reversed kernel is
+    a correlation/convolution mix-up that symmetric kernels would hide: the weights are random)."""
+    tm = perturb(nn.Conv1d(8, 12, kernel, stride=stride, padding=padding, groups=groups,
+                           dilation=dilation))
+    conv = keras.layers.Conv1D(12, kernel, strides=stride, groups=groups, dilation_rate=dilation)
+    km = keras.Sequential([keras.Input((37, 8)), keras.layers.ZeroPadding1D(padding), conv])
+    load(tm, conv, "conv1d")
+    assert TRANSFORMS["conv1d"].check(tm, conv, {}) == []
+    x = np.random.default_rng(2).standard_normal((2, 37, 8)).astype(np.float32)
+    with torch.no_grad():
+        ref = tm(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 2, 1)))).numpy()
+    assert rel_err(km(x), ref.transpose(0, 2, 1)) <= TOL
+    assert TRANSFORMS["conv1d"].check(tm, keras.layers.Conv1D(12, kernel, strides=stride + 1,
+                                                              groups=groups), {})
 
 
 # --------------------------------------------------------------------------------------- depthwise
