@@ -11,6 +11,7 @@ from io_models import RECIPES
 
 import zoo
 from helpers import ROOT, run_script
+from zoo.batch import _summary_row, summary_table, up_to_date
 from zoo.constants import FORMATS
 from zoo.export import is_complete
 from zoo.validate import validate_files
@@ -94,6 +95,11 @@ def test_default_formats_are_weights_and_keras_only(user_models):
     assert is_complete(folder)
     results = validate_files(folder)
     assert set(results) == {"weights.h5", "keras"} and all(r["passed"] for r in results.values())
+    # --resume: up to date for the formats it was written with, not for others
+    out = user_models / "out"
+    assert up_to_date(out, "user/landmarks", "random")["exports"] == report["exports"]
+    assert up_to_date(out, "user/landmarks", "random", formats="keras,weights.h5") is not None
+    assert up_to_date(out, "user/landmarks", "random", formats="weights.h5,keras,tflite") is None
     # a recorded format whose file is gone: the folder is no longer complete
     (folder / "model.keras").unlink()
     assert not is_complete(folder)
@@ -136,6 +142,12 @@ def test_a_format_the_converter_cannot_express_is_a_recorded_skip(user_models):
     assert _files(folder) == META | {"model.weights.h5"}
     assert json.loads((folder / "config.json").read_text())["formats"] == ["weights.h5"]
     assert set(validate_files(folder)) == {"weights.h5"}
+    # the batch summary (SUMMARY.md, convert_all's output) names the skips and their reason
+    table = summary_table({"user/lgamma": _summary_row("user/lgamma", {"status": "passed",
+                                                                       "report": report})})
+    row = next(ln for ln in table.splitlines() if ln.startswith("| user/lgamma"))
+    assert "| weights.h5, tflite SKIPPED: " in row and "onnx SKIPPED: " in row, row
+    assert "On disk: 0.00 GB for the 1 models" in table
 
 
 def test_tflite_of_a_catalogue_model_runs_at_a_resized_input(tmp_path):
