@@ -118,7 +118,7 @@ def test_one_bad_user_recipe_does_not_take_the_catalogue_down(user_recipes):
         names = zoo.list_models()
     messages = " | ".join(str(w.message) for w in caught)
     assert "broken.yaml" in messages and "clash.yaml" in messages and "already defined" in messages
-    assert "timm/resnet50" in names and "user/tvr18" in names
+    assert "timm/resnet50.a1_in1k" in names and "user/tvr18" in names
 
 
 @pytest.mark.parametrize("text, problem", [

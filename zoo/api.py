@@ -1,16 +1,38 @@
 """Public Python API. Nothing here imports torch; `convert` imports the conversion side lazily."""
 from __future__ import annotations
 
+import fnmatch
 import json
+import logging
+import os
 from pathlib import Path
 
 from zoo import catalog
 from zoo.errors import ZooError
 
+log = logging.getLogger("zoo")
 
-def list_models(pattern: str | None = None) -> list[str]:
-    """Catalogue names (`timm/resnet50`, `torchvision/resnet18`, ...), optionally fnmatch-filtered."""
-    return catalog.list_models(pattern)
+
+def list_models(pattern: str | None = None, pretrained: bool = False) -> list[str]:
+    """Catalogue names, one per weight tag (`timm/resnet50.a1_in1k`, `timm/resnet50.tv_in1k`,
+    `torchvision/resnet18.IMAGENET1K_V1`, ...; a `python:` recipe's bare name), optionally
+    fnmatch-filtered.
+
+    pretrained=True: the names with published weights. With `ZOO_WEIGHTS_URL` set, those of that
+    release's index (zoo.hub.load_index: offline, its cached copy); otherwise the names of the
+    sources' own weight sets (every tagged name), which `zoo.convert(name, weights="pretrained")`
+    converts."""
+    if not pretrained:
+        return catalog.list_models(pattern)
+    if os.environ.get("ZOO_WEIGHTS_URL"):
+        from zoo import hub
+        names = sorted(hub.load_index()["models"])
+        return [n for n in names if fnmatch.fnmatchcase(n, pattern)] if pattern else names
+    return catalog.list_models(pattern, pretrained=True)
+
+
+# `timm/resnet50` -> `timm/resnet50.a1_in1k`: the weight set a bare name stands for
+resolve_name = catalog.resolve_name
 
 
 def convert(name, weights="random", num_classes=None, out_dir=None, in_chans=None,
@@ -40,7 +62,9 @@ def _config_for(path) -> tuple[dict, Path]:
 def create_model(name, pretrained=False, num_classes=None, include_top=True, input_shape=None,
                  pooling=None, classifier_activation=None, features_only=False, out_indices=None,
                  include_preprocessing=False):
-    """A Keras model for catalogue `name`, keras.applications-style.
+    """A Keras model for catalogue `name`, keras.applications-style. A bare name
+    (`timm/resnet50`) means its recipe's default weight tag (`timm/resnet50.a1_in1k`), which is
+    logged at INFO on the `zoo` logger; `zoo.api.resolve_name` gives it without building.
 
     pretrained: False (random init), a local `.weights.h5` file or `outputs/<name>` folder, or True
     (published weights, downloaded and cached by `zoo.hub`; never a silent random fallback).
@@ -58,6 +82,7 @@ def create_model(name, pretrained=False, num_classes=None, include_top=True, inp
 
     if pretrained is False and (Path(str(name)) / "config.json").is_file():
         name, pretrained = json.loads((Path(name) / "config.json").read_text())["name"], name
+    name = _weight_set(name, pretrained)
     variant = _catalogue_variant(name, pretrained)
     if variant is None or variant.builder.startswith("python:"):
         # a user's model: its own builder, as the recipe or config.json records it
@@ -114,6 +139,19 @@ def create_model(name, pretrained=False, num_classes=None, include_top=True, inp
         if layer.weights:
             layer.set_weights(full.get_layer(layer.name).get_weights())
     return model
+
+
+def _weight_set(name, pretrained):
+    """A bare catalogue name becomes its default tag, logged on the `zoo` logger (INFO) so that
+    the weight set is never a guess (with pretrained=True it is the release entry fetched); a tag
+    the recipe does not declare is refused. A converted folder says itself which weights it holds
+    (config.json), so its name is taken as given (any tag the source has converts)."""
+    if pretrained not in (False, None, True):
+        return name
+    full = catalog.resolve_name(name)
+    if full != name:
+        log.info("%s resolves to %s (the default weight tag of its recipe)", name, full)
+    return full
 
 
 def _catalogue_variant(name, pretrained):

@@ -1,6 +1,12 @@
 """Catalogue: names -> recipe variants. Names are `timm/<arch>` or `torchvision/<builder>`,
 optionally followed by `.<weight tag>` (e.g. `timm/resnet50.a1_in1k`).
 
+Weight tags: the catalogue lists one name per tag a variant declares (`tags:` in its recipe, the
+source's default first), e.g. `timm/resnet50.a1_in1k` and `timm/resnet50.tv_in1k`; a variant
+without tags (a `python:` source) is listed under its bare name. The bare name of a tagged variant
+(`timm/resnet50`) is not listed (it would convert the same weights twice) but resolves to the
+default tag (`resolve_name`). Any other tag the source has still converts (the source checks it).
+
 Recipes come from the built-in ones (the repository's top-level `recipes/` folder, shipped as the
 package data `zoo.recipes`) plus any folders listed in the `ZOO_RECIPE_PATH` environment variable
 (os.pathsep-separated), so users can add their own.
@@ -86,14 +92,25 @@ def split_name(name: str) -> tuple[str, str | None]:
     return parse_name(name)
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    names = sorted(variants())
+def listed_names(variant: Variant) -> list[str]:
+    """The catalogue names of a variant: one per declared weight tag, else its bare name."""
+    return [f"{variant.name}.{t}" for t in variant.tags] or [variant.name]
+
+
+def list_models(pattern: str | None = None, pretrained: bool = False) -> list[str]:
+    """Every catalogue name (`listed_names`); pretrained=True: only those naming a weight set of
+    the source (a declared tag), i.e. not the `python:` sources' bare names."""
+    names = sorted(n for v in variants().values() if v.tags or not pretrained
+                   for n in listed_names(v))
     if pattern:
         names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
     return names
 
 
 def get_variant(name: str) -> tuple[Variant, str | None]:
+    """(variant, weight tag) of a name; a bare name gets the variant's default tag. A tag the
+    recipe does not declare is returned as given: the source decides whether it exists (timm and
+    torchvision list theirs in the error), and `resolve_name` refuses it."""
     table = variants()
     try:
         base, tag = split_name(name)
@@ -110,7 +127,25 @@ def get_variant(name: str) -> tuple[Variant, str | None]:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UnknownModelError(f"unknown model {name!r}{hint} "
                                 f"(zoo.list_models() lists all {len(table)})")
-    return table[base], tag
+    variant = table[base]
+    return variant, tag if tag is not None else variant.default_tag
+
+
+def resolve_name(name: str) -> str:
+    """The catalogue name `name` stands for: `timm/resnet50` -> `timm/resnet50.a1_in1k` (the
+    default tag); a declared tagged name, or any name of an untagged (`python:`) variant, as is.
+    A tag the recipe does not declare is an UnknownModelError listing the declared ones."""
+    variant, tag = get_variant(name)
+    if not variant.tags:   # a python: source: a tag is the user's own label
+        return name
+    if tag not in variant.tags:
+        arch = variant.source.split(":", 1)[1]
+        raise UnknownModelError(
+            f"{variant.name} has no weight tag {tag!r} in the catalogue; its recipe "
+            f"({variant.recipe.path.name}) declares {', '.join(variant.tags)} (default "
+            f"{variant.default_tag}). zoo.convert('{variant.name}.<tag>') also takes the other "
+            f"tags {variant.source_kind} has for {arch}")
+    return f"{variant.name}.{tag}"
 
 
 def output_dir(out_root: str | Path, name: str) -> Path:

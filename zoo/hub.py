@@ -287,6 +287,7 @@ def _offline_label() -> str:
 
 def _model_entry(index: dict, name: str) -> dict:
     models = index.get("models", {})
+    name = next((n for n in _same_weights(name) if n in models), name)
     if name not in models:
         import difflib
         close = difflib.get_close_matches(name, list(models), n=5, cutoff=0.5)
@@ -323,19 +324,22 @@ def fetch(name: str, files=REQUIRED_FILES, *, token: str | None = None,
     `zoo.create_model(name, pretrained=<folder>)` can load.
 
     `token` and `revision` apply to hf:// releases (by default huggingface_hub's token and the
-    revision in ZOO_WEIGHTS_URL, else `main`)."""
+    revision in ZOO_WEIGHTS_URL, else `main`). Releases are keyed by tagged names; a bare
+    catalogue name fetches its default tag (`timm/resnet50` -> `timm/resnet50.a1_in1k`), and
+    either finds an entry published under the other (`_same_weights`)."""
     parse_name(name)
     hf = _hf_location(base_url(), revision)
     if hf is not None:
         return _fetch_hf(name, files, *hf, token)
     root = cache_dir()
     if offline():
-        folder = _inside(root, safe_relpath(f"models/{name}"))
-        missing = [f for f in files if not (folder / f).is_file()]
-        if missing:
-            raise DownloadError(f"{_offline_label()} and {name} is not fully cached: "
-                                f"missing {', '.join(str(folder / f) for f in missing)}")
-        return folder
+        for alias in reversed(_same_weights(name)):   # the error names the first (tagged) one
+            folder = _inside(root, safe_relpath(f"models/{alias}"))
+            missing = [f for f in files if not (folder / f).is_file()]
+            if not missing:
+                return folder
+        raise DownloadError(f"{_offline_label()} and {alias} is not fully cached: "
+                            f"missing {', '.join(str(folder / f) for f in missing)}")
     entry = _model_entry(load_index(), name)
     for fname, meta, rel in _requested(entry, name, files):
         target = _inside(root, rel)
@@ -353,6 +357,21 @@ def fetch(name: str, files=REQUIRED_FILES, *, token: str | None = None,
                                     f"{meta['sha256']} (file deleted)")
             os.replace(part, target)
     return target.parent
+
+
+def _same_weights(name: str) -> list[str]:
+    """The release names of `name`'s weight set: a catalogue variant's default tag and its bare
+    name are one set (`timm/resnet50.a1_in1k`, `timm/resnet50`: a model converted under the bare
+    name, or published before weight tags), the tagged name first; any other name alone."""
+    from zoo import catalog
+    from zoo.errors import UnknownModelError
+
+    base, tag = parse_name(name)
+    try:
+        default = catalog.get_variant(base)[0].default_tag
+    except UnknownModelError:   # a user's model, known to the release only
+        return [name]
+    return [f"{base}.{default}", base] if default and tag in (None, default) else [name]
 
 
 # ------------------------------------------------------------------------ hf:// releases

@@ -19,7 +19,7 @@ import yaml
 
 from zoo.errors import RecipeError
 from zoo.io_spec import DEFAULT_OUTPUTS, default_inputs, parse_inputs, parse_outputs
-from zoo.names import VARIANT_NAME
+from zoo.names import VARIANT_NAME, WEIGHT_TAG
 from zoo.safe_regex import backtracking_problem
 from zoo.templates import TemplateError, check_template, parse_template
 from zoo.transforms import TRANSFORMS
@@ -37,7 +37,7 @@ _FAMILY_KEYS = {"family", "description", "license", "input_size", "preprocessing
                 "classifier", "features", "ignore", "tables", "mapping", "variants", "inputs",
                 "outputs"}
 _VARIANT_KEYS = {"torch", "keras", "license", "input_size", "preprocessing", "tolerance", "features",
-                 "tables", "inputs", "outputs"}
+                 "tables", "inputs", "outputs", "tags"}
 _RULE_KEYS = {"torch", "keras", "transform", "args", "only", "skip", "module_type", "note"}
 _PREPROC_KEYS = set(DEFAULT_PREPROCESSING)
 
@@ -85,6 +85,13 @@ class Variant:
     tables: dict = field(default_factory=dict)   # name -> list or mapping, for templates
     inputs: tuple | None = None    # declared InputSpecs (None: one image input)
     outputs: tuple | None = None   # declared OutputSpecs (None: one classification `logits`)
+    # The source's weight sets this variant lists (`timm/resnet50.a1_in1k`); the first is what the
+    # untagged name means. Empty for `python:` sources, whose weights are the user's checkpoints.
+    tags: tuple[str, ...] = ()
+
+    @property
+    def default_tag(self) -> str | None:
+        return self.tags[0] if self.tags else None
 
     def input_specs(self, in_chans: int | None = None) -> tuple:
         """The declared inputs, or the default image input with `in_chans` channels. in_chans
@@ -272,6 +279,24 @@ def _io(path, where, kind, data):
         raise RecipeError(f"{path}: {e}") from None
 
 
+def _tags(path, where, data, source) -> tuple[str, ...]:
+    """`tags: [a1_in1k, tv_in1k]`: the source's weight tags, the default first (checked against
+    the installed timm/torchvision by tests/test_tags.py; loading needs neither)."""
+    if data is None:
+        return ()
+    if source.startswith("python:"):
+        _fail(path, where, "a python: source has no weight tags of its own (its weights are "
+                           "checkpoints you pass to convert); remove `tags:`")
+    if not (isinstance(data, list) and data and all(isinstance(t, str) for t in data)):
+        _fail(path, where, f"expected a non-empty list of weight tags, got {data!r}")
+    bad = [t for t in data if not WEIGHT_TAG.fullmatch(t)]
+    if bad:
+        _fail(path, where, f"invalid weight tag(s) {bad}: a tag is letters, digits, '_' and '-'")
+    if len(set(data)) != len(data):
+        _fail(path, where, f"duplicate weight tag in {data}")
+    return tuple(data)
+
+
 def _scalar(x) -> bool:
     return isinstance(x, (int, str)) and not isinstance(x, bool)
 
@@ -391,6 +416,7 @@ def _parse_recipe(path: Path) -> Recipe:
             tables=dict(tables, **_tables(path, f"{where}.tables", v.get("tables"))),
             **{k: _io(path, f"{where}.{k}", k, v[k]) if k in v else base_io[k]
                for k in ("inputs", "outputs")},
+            tags=_tags(path, f"{where}.tags", v.get("tags"), src),
             recipe=recipe)
     for r in rules:
         for g in r.only + r.skip:
@@ -414,4 +440,5 @@ def _check_tables(path, rule: Rule, variants: dict) -> None:
 
 def variant_summary(v: Variant) -> dict[str, Any]:
     return {"name": v.name, "family": v.recipe.family, "source": v.source,
-            "builder": v.builder, "input_size": v.input_size, "license": v.license}
+            "builder": v.builder, "input_size": v.input_size, "license": v.license,
+            "tags": list(v.tags)}

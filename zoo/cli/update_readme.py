@@ -23,7 +23,7 @@ def table(index: dict) -> str:
             "|---|---|---|---|---|---|---|---|---|"]
     for name in list_models():
         v, _ = get_variant(name)
-        r = index.get(name, {})
+        r = _row(index, name, v)
         err = parity_cell(r.get("max_rel"), r.get("outputs"), ".1e") \
             if r.get("max_rel") is not None else "not run"
         top1 = f"{r['top1']:.3f}" if r.get("top1") is not None else "-"
@@ -37,6 +37,16 @@ def table(index: dict) -> str:
         rows.append(f"| `{name}` | `{v.source}` | `{v.builder}` | {weights} | {size} | {err} "
                     f"| {floor} | {tol:.0e} | {top1} |")
     return "\n".join(rows)
+
+
+def _row(index: dict, name: str, variant) -> dict:
+    """The index row of `name`; for a default tag without one, the row of its bare name (runs
+    from before weight tags, or `convert timm/resnet50`), which converted the same weight set."""
+    if name in index:
+        return index[name]
+    if variant.tags and name == f"{variant.name}.{variant.default_tag}":
+        return index.get(variant.name, {})
+    return {}
 
 
 def robustness(results: dict) -> str:

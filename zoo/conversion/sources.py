@@ -31,6 +31,9 @@ class TorchModel:
     class_names: list[str] | None = None
     checkpoint: dict | None = None      # {"path", "sha256"}
     warnings: list[str] = field(default_factory=list)
+    # the source's published accuracy of these weights ({"ImageNet-1K": {"acc@1": ...}}), where
+    # the library ships it (torchvision's weight meta; timm's wheel has no results tables)
+    source_metrics: dict | None = None
 
     def state_dict_numpy(self):
         return {k: v.detach().cpu().numpy() for k, v in self.module.state_dict().items()}
@@ -59,9 +62,20 @@ def _timm_create(variant, tag, num_classes, in_chans, pretrained=False, overlay=
     try:
         return timm.create_model(f"{arch}.{tag}" if tag else arch, pretrained=pretrained, **kwargs)
     except RuntimeError as e:
-        if "Unknown model" in str(e) or "Invalid pretrained tag" in str(e):
-            raise SourceError(f"timm has no model/tag {arch}.{tag}: {e}") from None
+        if "Invalid pretrained tag" in str(e):
+            known = [n.split(".", 1)[1] for n in timm.list_pretrained(f"{arch}.*")
+                     if n.split(".", 1)[0] == arch]
+            raise SourceError(f"timm has no weight tag {tag!r} for {arch}: the recipe declares "
+                              f"{_declared(variant)}; timm {timm.__version__} has "
+                              f"{', '.join(known) or 'none'}") from None
+        if "Unknown model" in str(e):
+            raise SourceError(f"timm has no model {arch}: {e}") from None
         raise
+
+
+def _declared(variant) -> str:
+    tags = getattr(variant, "tags", ())   # a SourceSpec (audit, drafting) declares none
+    return ", ".join(tags) if tags else "none"
 
 
 def _tv_weights_enum(variant, tag):
@@ -72,8 +86,9 @@ def _tv_weights_enum(variant, tag):
     try:
         return enum[tag]
     except KeyError:
-        raise SourceError(f"torchvision {arch} has no weights {tag!r}; "
-                          f"known: {[w.name for w in enum]}") from None
+        raise SourceError(f"torchvision has no weights {tag!r} for {arch}: the recipe declares "
+                          f"{_declared(variant)}; torchvision {torchvision.__version__} has "
+                          f"{', '.join(w.name for w in enum)}") from None
 
 
 def _python_callable(variant):
@@ -308,6 +323,11 @@ def _pretrained(variant, tag, num_classes, in_chans):
 # ---------------------------------------------------------------- metadata
 
 def _metadata(variant, tag, module, weights):
+    """(preprocessing, license, class names, tag) of the weight set `tag`, read from the source
+    (timm's pretrained_cfg, torchvision's weight enum), never from a copy in the recipe. The
+    preprocessing also records the source's own evaluation size for the tag (`input_size`,
+    [height, width]) and timm's `test_input_size` when it has one (resnet50.a1_in1k trains at 224,
+    is tested at 288); config.json's top-level `input_size` is the size zoo validated at."""
     pre = dict(variant.preprocessing)
     license_ = variant.license
     names = None
@@ -320,6 +340,9 @@ def _metadata(variant, tag, module, weights):
         for k in ("interpolation", "crop_pct", "crop_mode"):
             if cfg.get(k):
                 pre[k] = cfg[k]
+        for k in ("input_size", "test_input_size"):   # timm: (channels, height, width)
+            if cfg.get(k):
+                pre[k] = [int(x) for x in cfg[k][-2:]]
         license_ = cfg.get("license", license_)
         tag = tag or cfg.get("tag")
         if weights == "pretrained":
@@ -333,11 +356,20 @@ def _metadata(variant, tag, module, weights):
         pre.update(mean=list(t.mean), std=list(t.std), interpolation=t.interpolation.value,
                    crop_pct=round(t.crop_size[0] / t.resize_size[0], 4),
                    # the exact resize (crop_pct is rounded): Inception v3 342, not 299 / 0.8743
-                   resize_size=int(t.resize_size[0]))
+                   resize_size=int(t.resize_size[0]),
+                   input_size=[int(t.crop_size[0])] * 2)
         tag = tag or w.name
         if weights == "pretrained":
             names = list(w.meta["categories"])
     return pre, license_, names, tag
+
+
+def source_metrics(variant, tag) -> dict | None:
+    """The source's own accuracy for the weight set `tag`, as the installed library ships it."""
+    if variant.source_kind != "torchvision":
+        return None
+    metrics = _tv_weights_enum(variant, tag).meta.get("_metrics")
+    return {k: dict(v) for k, v in metrics.items()} if metrics else None
 
 
 def load_torch_model(variant: Variant, tag: str | None, weights: str,
@@ -372,7 +404,8 @@ def load_torch_model(variant: Variant, tag: str | None, weights: str,
                         "the converted model is for parity testing only")
     return TorchModel(module, kind, tag if kind != "checkpoint" else None, n_cls, chans, pre,
                       None if kind == "checkpoint" else license_,   # a user checkpoint: theirs
-                      names, ckpt, warnings)
+                      names, ckpt, warnings,
+                      source_metrics(variant, tag) if kind == "pretrained" else None)
 
 
 def _num_classes(module, variant, override):
