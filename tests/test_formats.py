@@ -14,6 +14,7 @@ from helpers import ROOT, run_script
 from zoo.batch import _summary_row, summary_table, up_to_date
 from zoo.constants import FORMATS
 from zoo.export import is_complete
+from zoo.publish import build_release
 from zoo.validate import validate_files
 
 META = {"config.json", "golden.npz", "report.json"}
@@ -100,6 +101,13 @@ def test_default_formats_are_weights_and_keras_only(user_models):
     assert up_to_date(out, "user/landmarks", "random")["exports"] == report["exports"]
     assert up_to_date(out, "user/landmarks", "random", formats="keras,weights.h5") is not None
     assert up_to_date(out, "user/landmarks", "random", formats="weights.h5,keras,tflite") is None
+    # publish finds the .weights.h5 it serves; --saved-model refuses a model written without one
+    release = user_models / "release"
+    index, refused = build_release([out], release, allow_random=True)
+    assert list(index["models"]) == ["user/landmarks"] and not refused
+    _, refused = build_release([out], user_models / "release2", allow_random=True, saved_model=True)
+    assert "converted without saved_model" in refused["user/landmarks"], refused
+    assert "--formats" in refused["user/landmarks"]
     # a recorded format whose file is gone: the folder is no longer complete
     (folder / "model.keras").unlink()
     assert not is_complete(folder)
