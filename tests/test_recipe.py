@@ -207,6 +207,34 @@ def test_template_named_group_is_fine(tmp_path):
     assert load_recipe(write(tmp_path, data)).mapping[1].keras == "stage{s}_block{2}_bn{3}"
 
 
+def test_weight_tags_load_in_order(tmp_path):
+    data = minimal()
+    data["variants"]["timm/resnet18"]["tags"] = ["a1_in1k", "tv_in1k"]
+    variant = load_recipe(write(tmp_path, data)).variants["timm/resnet18"]
+    assert variant.tags == ("a1_in1k", "tv_in1k") and variant.default_tag == "a1_in1k"
+
+
+@pytest.mark.parametrize("tags, problem", [
+    (["a1.in1k"], "invalid weight tag(s) ['a1.in1k']"),
+    (["x/../../y"], "invalid weight tag(s)"),
+    (["a1_in1k", "a1_in1k"], "duplicate weight tag"),
+    ([], "expected a non-empty list of weight tags"),
+    ("a1_in1k", "expected a non-empty list of weight tags"),
+    ([1], "expected a non-empty list of weight tags"),
+])
+def test_bad_weight_tags(tmp_path, tags, problem):
+    data = minimal()
+    data["variants"]["timm/resnet18"]["tags"] = tags
+    contains(load_error(tmp_path, data), "variant 'timm/resnet18'.tags", problem)
+
+
+def test_python_source_declares_no_tags(tmp_path):
+    data = minimal()
+    data["variants"]["timm/resnet18"]["torch"]["source"] = "python:torchvision.models:resnet18"
+    data["variants"]["timm/resnet18"]["tags"] = ["mine"]
+    contains(load_error(tmp_path, data), "a python: source has no weight tags")
+
+
 @pytest.mark.parametrize("source, problem", [
     ("hf:resnet18", "source must be"),
     ("resnet18", "source must be"),

@@ -389,7 +389,8 @@ def _parse_recipe(path: Path) -> Recipe:
     for name, v in data["variants"].items():
         where = f"variant {name!r}"
         if not isinstance(name, str) or not VARIANT_NAME.fullmatch(name):
-            _fail(path, where, "catalogue names look like '<source>/<arch>' (no weight tag here)")
+            _fail(path, where, "catalogue names look like '<source>/<arch>' (no weight tag "
+                                "here: list the tags under `tags:`)")
         _check_keys(path, where, v, _VARIANT_KEYS, required=("torch", "keras"))
         _check_keys(path, f"{where}.torch", v["torch"], {"source", "kwargs"}, required=("source",))
         _check_keys(path, f"{where}.keras", v["keras"], {"builder", "kwargs"},
