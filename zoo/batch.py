@@ -22,7 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from zoo import catalog, faults
-from zoo.constants import CHECKPOINT_SUFFIXES, LEGACY_FORMATS, STAGES
+from zoo.constants import CHECKPOINT_SUFFIXES, FORMATS, LEGACY_FORMATS, STAGES
 from zoo.export import (
     is_complete,
     manifest,
@@ -132,7 +132,8 @@ def _summary_row(name, result) -> dict:
             "tolerance": report.get("tolerance"),
             "torch_float32_error": (report.get("torch_float32_vs_float64") or {}).get("max_rel"),
             "seconds": result.get("seconds"),
-            "formats": [f for f, e in (report.get("exports") or {}).items() if "skipped" not in e],
+            # in FORMATS order (report.json's keys are sorted)
+            "formats": [f for f in FORMATS if "file" in (report.get("exports") or {}).get(f, {})],
             "skipped": {f: e["skipped"] for f, e in (report.get("exports") or {}).items()
                         if "skipped" in e},
             "bytes": sum(m["bytes"] for m in (report.get("files") or {}).values()) or None,
