@@ -77,9 +77,10 @@ def test_create_model_keras_applications_arguments(converted, monkeypatch, tmp_p
 
 def test_list_models_and_unknown_names():
     names = zoo.list_models()
-    assert names == sorted(names) and "timm/seresnext50_32x4d" in names
-    assert zoo.list_models("torchvision/res*") == ["torchvision/resnet18", "torchvision/resnet50",
-                                                   "torchvision/resnext50_32x4d"]
+    assert names == sorted(names) and "timm/seresnext50_32x4d.racm_in1k" in names
+    assert zoo.list_models("torchvision/res*") == [
+        "torchvision/resnet18.IMAGENET1K_V1", "torchvision/resnet50.IMAGENET1K_V1",
+        "torchvision/resnet50.IMAGENET1K_V2", "torchvision/resnext50_32x4d.IMAGENET1K_V2"]
     with pytest.raises(zoo.UnknownModelError, match="did you mean"):
         zoo.create_model("timm/resnet19")
 
