@@ -140,3 +140,18 @@ def test_a_tagged_name_converts_publishes_and_downloads_under_its_name(tmp_path,
         fetched = hub.fetch("torchvision/squeezenet1_1")   # the bare name: its default tag
     assert fetched.name == "squeezenet1_1.IMAGENET1K_V1"
     assert json.loads((fetched / "config.json").read_text())["name"] == TAGGED
+
+
+def test_readme_table_rows_are_tagged_and_keep_rows_from_before_tags():
+    from zoo.cli.update_readme import table
+
+    row = {"status": "passed", "weights": "random", "max_rel": 2.5e-6, "top1": 1.0,
+           "input_size": 224, "torch_float32_error": 2.7e-6, "tolerance": 1e-4}
+    # an index from before weight tags knows the bare name; a tagged row wins over it
+    rows = {line.split("`")[1]: line for line in table({"timm/resnet50": row,
+                                                        "timm/resnet18.tv_in1k": row}).splitlines()
+            if line.startswith("| `")}
+    assert list(rows) == zoo.list_models()
+    assert "2.5e-06" in rows["timm/resnet50.a1_in1k"]          # the default tag: same weights
+    assert "not run" in rows["timm/resnet50.tv_in1k"]          # another weight set: not measured
+    assert "2.5e-06" in rows["timm/resnet18.tv_in1k"] and "not run" in rows["timm/resnet18.a1_in1k"]
