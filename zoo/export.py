@@ -204,7 +204,8 @@ def _export_optional(model, path: Path, fmt: str, check, shapes) -> dict:
     except Exception as e:  # noqa: BLE001 - any converter refusal is a skip, reported
         if path.exists():
             path.unlink()
-        first = (str(e).strip().splitlines() or [""])[0][:300]
+        # the runtimes quote the hidden work folder's path; the file name says enough
+        first = (str(e).strip().splitlines() or [""])[0].replace(str(path), path.name)[:300]
         return {"skipped": f"the {fmt} converter cannot express this model (its export or the "
                            f"run of the exported file failed): {type(e).__name__}: {first}"}
     return {"file": path.name}
