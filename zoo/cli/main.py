@@ -19,6 +19,7 @@ COMMANDS = {
     "audit": ("audit", "list a PyTorch model's modules and ops and what zoo supports [convert extra]"),
     "new-recipe": ("new_recipe", "draft a recipe: align a state_dict with a Keras builder [convert extra]"),
     "diff": ("diff_layers", "show layer by layer where the PyTorch and Keras models diverge [convert extra]"),
+    "benchmark": ("benchmark", "time conversions and converted models against PyTorch [convert extra]"),
 }
 
 

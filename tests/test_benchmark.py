@@ -1,0 +1,84 @@
+"""scripts/benchmark.py end to end on one tiny model (the real torchvision SqueezeNet 1.1 at 64 px,
+3 calls at batch 1): results.json holds the machine, versions and per-path figures, every latency
+is positive with p10 <= median <= p90, each ratio is the quotient of the two medians, the timed
+Keras paths agree with torch (the same network was timed), BENCHMARK.md and the PNGs are written;
+bad arguments are one line and exit code 2. No timing thresholds: speed is the benchmark's to
+report, not a test's to assert."""
+import json
+
+import pytest
+import torch
+import torchvision
+
+from helpers import SMALL, run_script
+from zoo.constants import STAGES
+
+MODEL = "torchvision/squeezenet1_1*"
+PATHS = ("tf_function", "xla", "saved_model", "tflite")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    proc = run_script("benchmark.py", "--only", MODEL, "--input-size", SMALL, "--calls", 3,
+                      "--warmup", 1, "--batch", 1, "--threads", 1, "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_results_record_the_run(bench):
+    _out, results = bench
+    assert results["machine"]["cores"] >= 1 and results["machine"]["ram_gb"] > 0
+    assert results["machine"]["cpu"]
+    assert results["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert results["versions"]["tensorflow"] and results["versions"]["keras"]
+    assert results["settings"]["batches"] == [1] and results["settings"]["threads"] == 1
+    (name, r), = results["models"].items()
+    assert name.startswith("torchvision/squeezenet1_1") and r["status"] == "passed", r
+    assert set(r["timings"]) == set(STAGES) and all(t > 0 for t in r["timings"].values())
+    assert r["conversion_seconds"] >= sum(r["timings"].values()) * 0.99
+    assert 0 < r["rss_baseline_mb"] <= r["rss_peak_mb"] <= r["rss_end_mb"]
+    # counted here from torchvision itself, not by the code under test
+    n = sum(p.numel() for p in torchvision.models.squeezenet1_1().parameters())
+    assert r["params"] == {"torch": n, "keras": n}
+    assert r["param_bytes"]["torch"] >= 4 * n
+
+
+def test_latencies_and_ratios(bench):
+    _out, results = bench
+    (r,) = results["models"].values()
+    stats = r["latency"]["1"]
+    assert set(stats) == {"torch", *PATHS}, stats
+    for path in ("torch", *PATHS):
+        s = stats[path]
+        assert isinstance(s, dict), (path, s)   # a string would say why it was not measured
+        assert s["calls"] == 3
+        assert 0 < s["p10_ms"] <= s["median_ms"] <= s["p90_ms"], (path, s)
+    for path in PATHS:
+        assert stats[path]["ratio"] == pytest.approx(stats[path]["median_ms"] /
+                                                     stats["torch"]["median_ms"], rel=1e-12)
+        assert stats[path]["max_rel"] < 1e-4, (path, stats[path])
+
+
+def test_report_files(bench):
+    out, results = bench
+    (name, r), = results["models"].items()
+    md = (out / "BENCHMARK.md").read_text()
+    assert f"`{name}`" in md and results["machine"]["cpu"] in md and results["date"] in md
+    for path in PATHS:
+        assert f"**{r['latency']['1'][path]['ratio']:.2f}**" in md
+    for png in ("latency_ratio.png", "conversion.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 5000, png
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch", "0"], "--batch must be a whole number >= 1, got 0"),
+    (["--threads", "two"], "--threads must be a whole number >= 1, got 'two'"),
+    (["--only", "timm/no_such_model"], "match(es) no catalogue model"),
+])
+def test_bad_arguments(tmp_path, args, message):
+    proc = run_script("benchmark.py", *args, "--out", tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not (tmp_path / "results.json").exists()

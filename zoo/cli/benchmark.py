@@ -1,0 +1,266 @@
+"""Benchmark catalogue models: conversion cost, and the latency of the converted Keras model
+against the PyTorch original, measured side by side in a fresh worker process per model.
+
+The parent imports neither torch nor TensorFlow (zoo.conversion.benchmark runs each model); it
+writes OUT/results.json, OUT/BENCHMARK.md and PNG plots. Ratios of two paths timed in one process,
+round-robin, are what a shared, noisy machine can report; absolute times vary from run to run.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from zoo.arguments import cli, output_root, positive_int, positive_seconds
+from zoo.cli import DIST, require_convert_extra
+from zoo.constants import STAGES
+
+# What the worker exports: the default formats (their export time is part of a conversion's cost)
+# and the two files whose runtimes are timed.
+BENCH_FORMATS = ("weights.h5", "keras", "saved_model", "tflite")
+# The Keras paths the worker times next to PyTorch eager, and their column titles.
+PATHS = {"tf_function": "tf.function", "xla": "tf.function XLA", "saved_model": "SavedModel",
+         "tflite": "TFLite"}
+
+
+def machine() -> dict:
+    cpu = platform.processor() or None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gb": round(ram / 2**30, 1),
+            "platform": platform.platform(), "load_average_before": _load()}
+
+
+def _load() -> list | None:
+    """1/5/15-minute load averages: on a shared machine, how busy it was during the run."""
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def run_one(name: str, job: dict, tmp: Path, timeout: float | None, on_stage) -> dict:
+    """One model in a fresh `python -m zoo.conversion.benchmark` process."""
+    stem = tmp / name.replace("/", "__")
+    job_path, result_path, log_path = (stem.with_suffix(s) for s in (".job.json", ".json", ".log"))
+    job_path.write_text(json.dumps({**job, "name": name}))
+    threads = str(job["threads"])
+    # the OpenMP/MKL pools of both frameworks take the same size as their thread settings
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": threads,
+           "MKL_NUM_THREADS": threads}
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "zoo.conversion.benchmark", str(job_path),
+                                 str(result_path)], stdout=subprocess.PIPE, stderr=log, text=True,
+                                env=env)
+        timer = threading.Timer(timeout, proc.kill) if timeout else None
+        if timer:
+            timer.start()
+        for line in proc.stdout:
+            if line.startswith("@@stage "):
+                on_stage(line.split(None, 1)[1].strip())
+        proc.wait()
+        if timer:
+            timer.cancel()
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    tail = " | ".join(log_path.read_text().strip().splitlines()[-3:])
+    why = (f"timed out after {timeout:g} s" if timeout and time.perf_counter() - start >= timeout
+           else f"worker exited with code {proc.returncode} without a result")
+    return {"name": name, "status": "failed", "error": f"{why}: {tail}"}
+
+
+def _ms(s: dict) -> str:
+    return f"{s['median_ms']:.1f} [{s['p10_ms']:.1f}–{s['p90_ms']:.1f}]"
+
+
+def latency_table(models: dict) -> str:
+    """One row per model and batch: PyTorch eager in ms, each Keras path as its ratio to it."""
+    head = ["model", "batch", "PyTorch eager ms [p10–p90]", *(f"{t} / PyTorch" for t in PATHS.values())]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in sorted(models.items()):
+        for batch, stats in (r.get("latency") or {}).items():
+            torch_ = stats.get("torch")
+            cells = [f"`{name}`", batch, _ms(torch_) if isinstance(torch_, dict) else str(torch_)]
+            for path in PATHS:
+                s = _stat(r, batch, path)
+                why = str(stats.get(path) or "-").replace("|", "/")[:80]   # why not measured
+                cells.append(f"**{s['ratio']:.2f}** ({_ms(s)} ms)" if "ratio" in s else why)
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def conversion_table(models: dict) -> str:
+    head = ["model", "params (M)", *STAGES, "total s", "peak RSS MB", "above baseline MB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in sorted(models.items()):
+        if r.get("status") != "passed":
+            continue
+        t = r["timings"]
+        lines.append("| " + " | ".join([
+            f"`{name}`", f"{r['params']['torch'] / 1e6:.1f}",
+            *(f"{t[s]:.2f}" if s in t else "-" for s in STAGES), f"{r['conversion_seconds']:.1f}",
+            f"{r['rss_peak_mb']:.0f}", f"{r['rss_peak_mb'] - r['rss_baseline_mb']:.0f}"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def header(results: dict) -> str:
+    m, s, v = results["machine"], results["settings"], results["versions"]
+    return (f"Run {results['date']} on {m['cpu']} ({m['cores']} cores, {m['ram_gb']} GB RAM), "
+            f"{s['threads']} thread(s) for each framework, median of {s['calls']} calls after "
+            f"{s['warmup']} warm-up calls, random perturbed weights, "
+            f"{'input ' + str(s['input_size']) + ' px' if s['input_size'] else 'each recipe input size'}; "
+            f"load average (1/5/15 min) {m.get('load_average_before')} before, "
+            f"{m.get('load_average_after')} after."
+            f"\nVersions: " + ", ".join(f"{k} {v[k]}" for k in sorted(v) if v[k]) + ".\n")
+
+
+def markdown(results: dict) -> str:
+    models = results["models"]
+    failed = [f"- `{n}`: {r.get('error', '')[:300]}" for n, r in sorted(models.items())
+              if r.get("status") != "passed"]
+    return ("# Benchmark\n\n" + header(results) +
+            f"\nCommand: `{results['command']}`\n\n"
+            "## Latency: each Keras path against PyTorch eager\n\n"
+            "Ratio of medians (below 1: faster than PyTorch), then the path's median [p10–p90] in "
+            "ms. Both timed in one process, one call of each path per round.\n\n"
+            + latency_table(models) +
+            "\n## Conversion (seconds per stage of zoo's pipeline) and the worker's peak memory\n\n"
+            "Peak RSS is the worker's after conversion; the baseline is after importing torch, "
+            "TensorFlow and zoo.\n\n" + conversion_table(models)
+            + ("\n## Failed\n\n" + "\n".join(failed) + "\n" if failed else ""))
+
+
+def _stat(r: dict, batch, path: str) -> dict:
+    """One path's figures at one batch size ({} when it was not measured: a why-not string)."""
+    s = (r.get("latency") or {}).get(str(batch), {}).get(path)
+    return s if isinstance(s, dict) else {}
+
+
+def plots(results: dict, out: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")   # files only: no display on a server or in CI
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    models = {n: r for n, r in sorted(results["models"].items()) if r.get("status") == "passed"}
+    batches = results["settings"]["batches"]
+    fig, axes = plt.subplots(len(batches), 1, figsize=(max(6, 1.6 * len(models) + 2),
+                                                       3.2 * len(batches)), squeeze=False)
+    width = 0.8 / len(PATHS)
+    for ax, batch in zip(axes[:, 0], batches):
+        for i, (path, title) in enumerate(PATHS.items()):
+            ratios = [_stat(r, batch, path).get("ratio", np.nan) for r in models.values()]
+            ax.bar(np.arange(len(models)) + (i - (len(PATHS) - 1) / 2) * width, ratios, width,
+                   label=title)
+        ax.axhline(1.0, color="k", linestyle="--", linewidth=0.8)
+        ax.set_xticks(np.arange(len(models)), [n.split("/", 1)[1] for n in models], fontsize=8)
+        ax.set_ylabel("latency / PyTorch eager")
+        ax.set_title(f"batch {batch}")
+    axes[0, 0].legend(fontsize=8, ncol=len(PATHS))
+    fig.tight_layout()
+    ratio_png = out / "latency_ratio.png"
+    fig.savefig(ratio_png, dpi=110)
+    plt.close(fig)
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    params = [r["params"]["torch"] / 1e6 for r in models.values()]
+    short = [n.split("/", 1)[1] for n in models]
+    series = [(a1, "whole pipeline", [r["conversion_seconds"] for r in models.values()]),
+              (a1, "build Keras + map weights", [r["timings"]["build_keras"] + r["timings"]["map_weights"]
+                                                 for r in models.values()]),
+              (a2, None, [r["rss_peak_mb"] - r["rss_baseline_mb"] for r in models.values()])]
+    for ax, label, ys in series:
+        ax.scatter(params, ys, label=label)
+        for x, y, n in zip(params, ys, short):
+            ax.annotate(n, (x, y), fontsize=7)
+    a1.set(xlabel="parameters (M)", ylabel="seconds", title="conversion time")
+    a1.legend(fontsize=8)
+    a2.set(xlabel="parameters (M)", ylabel="MB", title="worker peak RSS above import baseline")
+    fig.tight_layout()
+    conv_png = out / "conversion.png"
+    fig.savefig(conv_png, dpi=110)
+    plt.close(fig)
+    return [ratio_png, conv_png]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", nargs="+", metavar="GLOB", help="catalogue names to include")
+    p.add_argument("--exclude", nargs="+", metavar="GLOB", help="catalogue names to skip")
+    p.add_argument("--batch", nargs="+", type=cli(positive_int, "--batch"), default=[1, 8],
+                   help="batch sizes (default: 1 8)")
+    p.add_argument("--threads", type=cli(positive_int, "--threads"), default=os.cpu_count(),
+                   help="intra-op and inter-op threads of both frameworks (default: all cores)")
+    p.add_argument("--calls", type=cli(positive_int, "--calls"), default=20,
+                   help="timed calls per path and batch size (default: 20)")
+    p.add_argument("--warmup", type=cli(positive_int, "--warmup"), default=3,
+                   help="untimed calls first (tracing, XLA compilation; default: 3)")
+    p.add_argument("--input-size", type=cli(positive_int, "--input-size"),
+                   help="image size (default: each recipe's)")
+    p.add_argument("--timeout", type=cli(positive_seconds, "--timeout"), metavar="SECONDS",
+                   help="fail a model whose worker runs longer than this, and go on")
+    p.add_argument("--out", default="benchmarks", type=cli(output_root, "--out"),
+                   help="where results.json, BENCHMARK.md and the plots go")
+    args = p.parse_args(argv)
+
+    require_convert_extra()
+    if importlib.util.find_spec("matplotlib") is None:
+        print(f"error: the benchmark plots need matplotlib (not installed): pip install "
+              f"'{DIST}[benchmark]'", file=sys.stderr)
+        return 2
+    from tqdm import tqdm
+
+    from zoo.batch import BatchError, select
+    from zoo.versions import library_versions
+    try:
+        names = select(args.only, args.exclude)
+    except BatchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not names:
+        print("nothing to benchmark (selection is empty)", file=sys.stderr)
+        return 0
+    settings = {"batches": sorted(set(args.batch)), "threads": args.threads, "calls": args.calls,
+                "warmup": args.warmup, "input_size": args.input_size,
+                "formats": list(BENCH_FORMATS)}
+    results = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+               "machine": machine(), "versions": library_versions(), "settings": settings,
+               "command": " ".join(["scripts/benchmark.py", *(argv if argv is not None
+                                                               else sys.argv[1:])]),
+               "models": {}}
+    bar = tqdm(names, desc="benchmark", unit="model")
+    with tempfile.TemporaryDirectory(prefix="zoo-bench-") as tmp:
+        for name in bar:
+            bar.set_postfix_str(name)
+            r = run_one(name, settings, Path(tmp), args.timeout,
+                        lambda s, name=name: bar.set_postfix_str(f"{name} [{s}]"))
+            results["models"][name] = r
+            if r.get("status") != "passed":
+                tqdm.write(f"FAILED {name}: {r.get('error', '')[:500]}", file=sys.stderr)
+    results["machine"]["load_average_after"] = _load()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from zoo.export import write_json, write_text
+    write_json(out / "results.json", results)
+    write_text(out / "BENCHMARK.md", markdown(results))
+    pngs = plots(results, out)
+    print(markdown(results))
+    print(f"written: {out / 'results.json'}, {out / 'BENCHMARK.md'}, {', '.join(map(str, pngs))}")
+    return 0 if all(r.get("status") == "passed" for r in results["models"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
