@@ -43,14 +43,21 @@ class BatchError(ValueError):
 
 
 def select(only=None, exclude=None, shard=None) -> list[str]:
+    """The catalogue names to convert (tagged: `timm/resnet50.a1_in1k`). An --only entry that is
+    exactly a bare name (`timm/resnet50`) selects that name itself: its default weights, in
+    `<out>/timm/resnet50/`, as `convert timm/resnet50` does."""
     names = catalog.list_models()
     if only:
-        unmatched = [g for g in only if not any(fnmatch.fnmatchcase(n, g) for n in names)]
+        bare = sorted(catalog.variants())
+        exact = [g for g in only if g in bare and g not in names]
+        unmatched = [g for g in only if g not in exact
+                     and not any(fnmatch.fnmatchcase(n, g) for n in names)]
         if unmatched:
-            close = sorted({c for g in unmatched for c in difflib.get_close_matches(g, names, n=3)})
+            close = sorted({c for g in unmatched
+                            for c in difflib.get_close_matches(g, names + bare, n=3)})
             raise BatchError(f"--only {unmatched} match(es) no catalogue model"
                              + (f"; did you mean {', '.join(close)}?" if close else ""))
-        names = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in only)]
+        names = sorted([n for n in names if any(fnmatch.fnmatchcase(n, g) for g in only)] + exact)
     if exclude:
         names = [n for n in names if not any(fnmatch.fnmatchcase(n, g) for g in exclude)]
     if shard:

@@ -176,6 +176,8 @@ def convert(name: str, weights="random", num_classes: int | None = None,
         "builder": variant.builder, "builder_kwargs": kwargs, "num_classes": tm.num_classes,
         "input_size": size, "preprocessing": tm.preprocessing, "class_names": tm.class_names,
         "weights": report["weights"], "license": tm.license, "source": variant.source,
+        # the source's own published accuracy of these weights (torchvision's weight meta)
+        "source_metrics": tm.source_metrics,
         "tolerance": variant.tolerance, "feature_layers": list(features.values()),
         "inputs": [s.to_json() for s in in_specs], "outputs": [s.to_json() for s in out_specs],
     }
