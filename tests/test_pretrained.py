@@ -74,3 +74,29 @@ def test_in_chans_override_converts_with_parity():
     assert report["parity"]["in_memory"]["max_rel"] < 1e-5
     with pytest.raises(zoo.SourceError, match="in_chans"):
         zoo.convert("torchvision/resnet18", in_chans=1)
+
+
+def test_readme_user_path_runs_as_written(caches, tmp_path):
+    """The README's "Using a converted model" block, verbatim, against a release of a
+    torchvision/resnet18 conversion from (planted) pretrained weights, with torch blocked: the
+    block downloads, creates the model, preprocesses a photo, predicts and decodes class names."""
+    import re
+
+    from helpers import ROOT, run_python
+    from zoo.publish import build_release
+
+    proc = run_script("convert.py", "torchvision/resnet18", "--weights", "pretrained", "--out",
+                      tmp_path / "out", env={"TORCH_HOME": caches["TORCH_HOME"]})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    build_release([tmp_path / "out"], tmp_path / "release", version="test")
+    block = re.search(r"<!-- user-path:start -->\n```python\n(.*?)```\n<!-- user-path:end -->",
+                      (ROOT / "README.md").read_text(), flags=re.S).group(1)
+    code = "import sys\nsys.modules['torch'] = None\n" + block
+    proc = run_python(code, env={"ZOO_WEIGHTS_URL": f"file://{tmp_path / 'release'}",
+                                 "ZOO_CACHE_DIR": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [ln.split() for ln in proc.stdout.splitlines() if re.match(r"\s*\d+ ", ln)]
+    assert len(rows) == 5, proc.stdout
+    categories = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
+    for index, *label, prob in rows:   # the names the source ships, at the predicted indices
+        assert " ".join(label) == categories[int(index)] and 0 < float(prob) <= 1
