@@ -400,6 +400,14 @@ def test_hf_token_and_revision_pin(hf_server, release, new_release, monkeypatch,
     assert hub._sha256(folder / "model.weights.h5") == _index(release)["model.weights.h5"]["sha256"]
     assert all(a == f"Bearer {TOKEN}" for m, p, a in hf_server.requests[1:] if "/resolve/" in p)
     assert not (tmp_path / "zoo-cache").exists()    # hf:// files live in the Hub's cache only
+    # create_model passes token and revision on: it asks for v1, with the token
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setenv("ZOO_WEIGHTS_URL", f"hf://{REPO}")
+    n = len(hf_server.requests)
+    zoo.create_model(NAME, pretrained=True, token=TOKEN, revision="v1")
+    asked = [(p, a) for _, p, a in hf_server.requests[n:] if "/resolve/" in p]
+    assert asked and all(p.startswith(_resolve("v1", "")) and a == f"Bearer {TOKEN}"
+                         for p, a in asked), asked
 
 
 def test_hf_cache_is_reused(hf_server, monkeypatch):

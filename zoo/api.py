@@ -61,7 +61,7 @@ def _config_for(path) -> tuple[dict, Path]:
 
 def create_model(name, pretrained=False, num_classes=None, include_top=True, input_shape=None,
                  pooling=None, classifier_activation=None, features_only=False, out_indices=None,
-                 include_preprocessing=False):
+                 include_preprocessing=False, token=None, revision=None):
     """A Keras model for catalogue `name`, keras.applications-style. A bare name
     (`timm/resnet50`) means its recipe's default weight tag (`timm/resnet50.a1_in1k`), which is
     logged at INFO on the `zoo` logger; `zoo.api.resolve_name` gives it without building.
@@ -74,6 +74,8 @@ def create_model(name, pretrained=False, num_classes=None, include_top=True, inp
     include_preprocessing: put the source's eval transform in front (zoo.preprocessing, from the
     weights' config.json or the recipe): the model then takes RGB images of any size with values
     0..255 (uint8 or float), NHWC, and input_shape is that of the model behind it.
+    token, revision: for `pretrained=True` from an hf:// release (zoo.hub.fetch): a Hugging Face
+    token for private/gated repositories, a branch, tag or commit to pin.
     """
     import keras
 
@@ -94,7 +96,7 @@ def create_model(name, pretrained=False, num_classes=None, include_top=True, inp
     weights = None
     if pretrained is True:
         from zoo import hub
-        pretrained = hub.fetch(name)
+        pretrained = hub.fetch(name, token=token, revision=revision)
     if include_preprocessing:
         from zoo.layers.preprocessing import with_preprocessing
         from zoo.preprocessing import eval_transform
