@@ -151,6 +151,33 @@ def two_inputs_keras(classes=5, **_):
                         "embedding": layers.Dense(12, name="embed")(h)}, name="two_inputs")
 
 
+class Tokens(nn.Module):
+    """Token ids in (an integer input), class scores out."""
+
+    def __init__(self, num_classes=4):
+        super().__init__()
+        self.embed = nn.Embedding(100, 16)
+        self.proj = nn.Linear(16, 16)
+        self.head = nn.Linear(16, num_classes)
+        self.num_classes = num_classes
+
+    def forward(self, ids):
+        return self.head(torch.relu(self.proj(self.embed(ids))).mean(1))
+
+
+def tokens(num_classes=4, **_):
+    return Tokens(num_classes)
+
+
+def tokens_keras(classes=4, **_):
+    import keras
+
+    layers = keras.layers
+    ids = keras.Input((12,), dtype="int64", name="ids")
+    x = layers.Dense(16, activation="relu", name="proj")(layers.Embedding(100, 16, name="embed")(ids))
+    return keras.Model(ids, layers.Dense(classes, name="head")(layers.GlobalAveragePooling1D()(x)))
+
+
 # The recipes a user writes for them (the mapping tables, inputs and outputs are what
 # scripts/new_recipe.py drafts: tests/test_new_recipe.py checks that it does).
 RECIPES = {
@@ -191,6 +218,20 @@ variants:
   user/audio:
     torch: {source: 'python:io_models:audio'}
     keras: {builder: 'python:io_models:audio_keras'}
+""",
+    "tokens": """
+family: user_tokens
+inputs:
+  - {name: ids, shape: [12], dtype: int64, generator: tokens, vocab: 100}
+outputs:
+  - {name: logits, metric: classification}
+mapping:
+  - {torch: embed, keras: embed, transform: embedding}
+  - {torch: '(proj|head)', keras: '{1}', transform: linear}
+variants:
+  user/tokens:
+    torch: {source: 'python:io_models:tokens'}
+    keras: {builder: 'python:io_models:tokens_keras'}
 """,
     "two_inputs": """
 family: user_two_inputs

@@ -155,6 +155,19 @@ def user_recipe(tmp_path, monkeypatch):
     return write
 
 
+def test_token_ids_input(user_recipe):
+    """An integer input: ids drawn from [0, vocab), fed as int64 to both frameworks."""
+    name = user_recipe("tokens", lambda d: None)
+    _model, report = zoo.convert(name)
+    assert report["inputs"] == {"ids": [12]}
+    assert report["parity"]["in_memory"]["outputs"]["logits"]["max_rel"] < 1e-5
+    assert report["parity"]["in_memory"]["outputs"]["logits"]["top1"] == 1.0
+    from zoo.io_spec import make_inputs, parse_inputs
+
+    ids = make_inputs(parse_inputs(yaml.safe_load(RECIPES["tokens"])["inputs"]), 224, {})["ids"]
+    assert ids.dtype == np.int64 and ids.min() >= 0 and ids.max() < 100 and len(np.unique(ids)) > 20
+
+
 def test_a_tuple_output_without_declared_outputs_is_named_in_the_error(user_recipe):
     import torch
     from io_models import Landmarks

@@ -325,6 +325,7 @@ IO_DRAFTS = {   # tests/io_models.py model -> how the user declares its input to
     "audio": ["--inputs", "[{name: waveform, layout: sequence, shape: [1, 1024]}]"],
     "two_inputs": ["--inputs", "[{name: image, layout: image, shape: [3, null, null]}, "
                                "{name: meta, shape: [8]}]", "--input-size", "32"],
+    "tokens": ["--inputs", "[{name: ids, shape: [12], dtype: int64, generator: tokens, vocab: 100}]"],
 }
 
 
@@ -346,7 +347,7 @@ def test_drafts_of_models_that_are_not_classifiers_convert(recipe_dir, capsys, k
     want = [{k: v for k, v in o.items() if k != "tolerance"} for o in hand["outputs"]]
     got = data.get("outputs", [{"name": "logits", "metric": "classification"}])
     assert sorted(got, key=str) == sorted(want, key=str)
-    assert data.get("classifier") == {"audio": "fc", "two_inputs": "score"}.get(key)
+    assert data.get("classifier") == {"audio": "fc", "two_inputs": "score", "tokens": "head"}.get(key)
     _same_table_as_catalogue(f"draft/{key}", next(iter(hand["variants"])))
     _model, report = zoo.convert(f"draft/{key}")
     assert report["status"] == "passed" and report["parity"]["in_memory"]["max_rel"] < 1e-5

@@ -17,7 +17,7 @@ from torch import nn
 from zoo.transforms import TRANSFORMS
 
 TOL = 1e-5
-TESTED = {"conv2d", "conv1d", "depthwise", "linear", "linear_after_flatten", "batchnorm",
+TESTED = {"conv2d", "conv1d", "embedding", "depthwise", "linear", "linear_after_flatten", "batchnorm",
           "layernorm", "groupnorm", "prelu", "identity", "mha_in_proj"}
 
 
@@ -126,6 +126,19 @@ def test_conv1d(kernel, stride, padding, groups, dilation):
     assert rel_err(km(x), ref.transpose(0, 2, 1)) <= TOL
     assert TRANSFORMS["conv1d"].check(tm, keras.layers.Conv1D(12, kernel, strides=stride + 1,
                                                               groups=groups), {})
+
+
+# --------------------------------------------------------------------------------------- embedding
+
+def test_embedding():
+    tm = perturb(nn.Embedding(50, 6))
+    layer = keras.layers.Embedding(50, 6)
+    layer.build((None, 7))
+    load(tm, layer, "embedding")
+    ids = np.random.default_rng(3).integers(0, 50, (2, 7))
+    with torch.no_grad():
+        ref = tm(torch.from_numpy(ids)).numpy()
+    assert rel_err(layer(ids), ref) == 0.0
 
 
 # --------------------------------------------------------------------------------------- depthwise

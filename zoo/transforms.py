@@ -167,6 +167,9 @@ register(Transform("mha_in_proj", {"in_proj_weight": ("kernel", _linear_kernel),
                    "nn.MultiheadAttention's packed in_proj_weight (3E, E) / in_proj_bias -> one "
                    "Dense (E, 3E) whose features are (q|k|v, heads, head_dim), the layout "
                    "zoo.layers.attention.FusedQKVAttention splits (timm's fused qkv Linear too)."))
+register(Transform("embedding", {"weight": ("embeddings", _same)},
+                   "Embedding (num_embeddings, dim) -> Embedding embeddings, unchanged (token ids "
+                   "index rows in both)."))
 register(Transform("batchnorm", {"weight": ("gamma", _same), "bias": ("beta", _same),
                                  "running_mean": ("moving_mean", _same),
                                  "running_var": ("moving_variance", _same)},
