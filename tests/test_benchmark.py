@@ -82,3 +82,15 @@ def test_bad_arguments(tmp_path, args, message):
     proc = run_script("benchmark.py", *args, "--out", tmp_path)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert not (tmp_path / "results.json").exists()
+
+
+def test_render_rewrites_the_report_from_results(bench, tmp_path):
+    out, _results = bench
+    (tmp_path / "results.json").write_bytes((out / "results.json").read_bytes())
+    proc = run_script("benchmark.py", "--render", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "BENCHMARK.md").read_text() == (out / "BENCHMARK.md").read_text()
+    assert all((tmp_path / png).read_bytes()[:8] == PNG_MAGIC
+               for png in ("latency_ratio.png", "conversion.png"))
+    proc = run_script("benchmark.py", "--render", "--out", tmp_path / "empty")
+    assert proc.returncode == 2 and "no " in proc.stderr and "results.json" in proc.stderr

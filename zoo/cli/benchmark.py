@@ -102,6 +102,25 @@ def latency_table(models: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_table(models: dict, batches) -> str:
+    """One row per model (the README's table): each Keras path's ratio at every batch size."""
+    per = " / ".join(f"b{b}" for b in batches)
+    head = ["model", "params (M)", f"PyTorch ms {per}", *(f"{t} {per}" for t in PATHS.values()),
+            "conversion s", "peak RSS above baseline MB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in sorted(models.items()):
+        if r.get("status") != "passed":
+            continue
+        cells = [f"`{name}`", f"{r['params']['torch'] / 1e6:.1f}",
+                 " / ".join(f"{_stat(r, b, 'torch').get('median_ms', float('nan')):.1f}"
+                            for b in batches)]
+        cells += [" / ".join(f"{_stat(r, b, p).get('ratio', float('nan')):.2f}" for b in batches)
+                  for p in PATHS]
+        cells += [f"{r['conversion_seconds']:.1f}", f"{r['rss_peak_mb'] - r['rss_baseline_mb']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def conversion_table(models: dict) -> str:
     head = ["model", "params (M)", *STAGES, "total s", "peak RSS MB", "above baseline MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -124,7 +143,20 @@ def header(results: dict) -> str:
             f"{'input ' + str(s['input_size']) + ' px' if s['input_size'] else 'each recipe input size'}; "
             f"load average (1/5/15 min) {m.get('load_average_before')} before, "
             f"{m.get('load_average_after')} after."
-            f"\nVersions: " + ", ".join(f"{k} {v[k]}" for k in sorted(v) if v[k]) + ".\n")
+            f"\nVersions: " + ", ".join(f"{k} {v[k]}" for k in sorted(v) if v[k]) + ".\n"
+            + _busy_warning(m))
+
+
+def _busy_warning(m: dict) -> str:
+    """Measured: with more runnable threads than cores, PyTorch's OpenMP pool slows down many
+    times more than TensorFlow's thread pool (ResNet-18 b1 0.96 s instead of 37 ms at a load of
+    3.6 on 2 cores), so ratios from a busy machine say little about the converted models."""
+    loads = [x[0] for x in (m.get("load_average_before"), m.get("load_average_after")) if x]
+    if not loads or max(loads) < m["cores"]:
+        return ""
+    return (f"\n**The machine was busy** (1-minute load {max(loads)} on {m['cores']} cores): "
+            "PyTorch's OpenMP threads suffer far more from sharing the cores than TensorFlow's, "
+            "so these ratios favour TensorFlow; re-run on an idle machine.\n")
 
 
 def markdown(results: dict) -> str:
@@ -133,7 +165,9 @@ def markdown(results: dict) -> str:
               if r.get("status") != "passed"]
     return ("# Benchmark\n\n" + header(results) +
             f"\nCommand: `{results['command']}`\n\n"
-            "## Latency: each Keras path against PyTorch eager\n\n"
+            "## Summary: latency of each Keras path / PyTorch eager (below 1: faster)\n\n"
+            + summary_table(models, results["settings"]["batches"]) +
+            "\n## Latency: each Keras path against PyTorch eager\n\n"
             "Ratio of medians (below 1: faster than PyTorch), then the path's median [p10–p90] in "
             "ms. Both timed in one process, one call of each path per round.\n\n"
             + latency_table(models) +
@@ -214,13 +248,21 @@ def main(argv=None):
                    help="fail a model whose worker runs longer than this, and go on")
     p.add_argument("--out", default="benchmarks", type=cli(output_root, "--out"),
                    help="where results.json, BENCHMARK.md and the plots go")
+    p.add_argument("--render", action="store_true",
+                   help="run nothing: rewrite BENCHMARK.md and the plots from OUT/results.json")
     args = p.parse_args(argv)
 
-    require_convert_extra()
     if importlib.util.find_spec("matplotlib") is None:
         print(f"error: the benchmark plots need matplotlib (not installed): pip install "
               f"'{DIST}[benchmark]'", file=sys.stderr)
         return 2
+    out = Path(args.out)
+    if args.render:
+        if not (out / "results.json").is_file():
+            print(f"error: --render: no {out / 'results.json'}", file=sys.stderr)
+            return 2
+        return write_report(json.loads((out / "results.json").read_text()), out)
+    require_convert_extra()
     from tqdm import tqdm
 
     from zoo.batch import BatchError, select
@@ -251,14 +293,19 @@ def main(argv=None):
             if r.get("status") != "passed":
                 tqdm.write(f"FAILED {name}: {r.get('error', '')[:500]}", file=sys.stderr)
     results["machine"]["load_average_after"] = _load()
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from zoo.export import write_json, write_text
+    from zoo.export import write_json
     write_json(out / "results.json", results)
+    return write_report(results, out)
+
+
+def write_report(results: dict, out: Path) -> int:
+    """BENCHMARK.md and the plots from `results`; exit code 1 if a model failed."""
+    from zoo.export import write_text
     write_text(out / "BENCHMARK.md", markdown(results))
     pngs = plots(results, out)
     print(markdown(results))
-    print(f"written: {out / 'results.json'}, {out / 'BENCHMARK.md'}, {', '.join(map(str, pngs))}")
+    print(f"written: {out / 'BENCHMARK.md'}, {', '.join(map(str, pngs))} (from {out / 'results.json'})")
     return 0 if all(r.get("status") == "passed" for r in results["models"].values()) else 1
 
 

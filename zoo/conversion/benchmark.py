@@ -141,14 +141,12 @@ def measure(model, tm, folder, exports, specs, base_inputs, batch, threads, call
     inputs = batch_inputs(base_inputs, batch)
     runners = _runners(model, tm, folder, exports, specs, inputs, threads)
     stats, outputs = time_paths(runners, calls, warmup)
-    ref = outputs.get("torch", {})
-    for path in outputs.keys() - {"torch"}:
-        if ref:
+    if "torch" in outputs:   # the Keras paths against PyTorch, when PyTorch ran
+        for path in outputs.keys() - {"torch"}:
             # the same network was timed: its outputs agree with torch's on this input
-            stats[path]["max_rel"] = max(compare(ref[k], v)["max_rel"]
+            stats[path]["max_rel"] = max(compare(outputs["torch"][k], v)["max_rel"]
                                          for k, v in outputs[path].items())
-            if isinstance(stats.get("torch"), dict):
-                stats[path]["ratio"] = stats[path]["median_ms"] / stats["torch"]["median_ms"]
+            stats[path]["ratio"] = stats[path]["median_ms"] / stats["torch"]["median_ms"]
     return stats
 
 
