@@ -183,6 +183,11 @@ def _stat(r: dict, batch, path: str) -> dict:
     return s if isinstance(s, dict) else {}
 
 
+def _short(name: str) -> str:
+    """A plot label: the architecture without source and weight tag."""
+    return name.split("/", 1)[-1].split(".", 1)[0]
+
+
 def plots(results: dict, out: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")   # files only: no display on a server or in CI
@@ -200,7 +205,8 @@ def plots(results: dict, out: Path) -> list[Path]:
             ax.bar(np.arange(len(models)) + (i - (len(PATHS) - 1) / 2) * width, ratios, width,
                    label=title)
         ax.axhline(1.0, color="k", linestyle="--", linewidth=0.8)
-        ax.set_xticks(np.arange(len(models)), [n.split("/", 1)[1] for n in models], fontsize=8)
+        ax.set_xticks(np.arange(len(models)), [_short(n) for n in models], fontsize=8,
+                      rotation=15)
         ax.set_ylabel("latency / PyTorch eager")
         ax.set_title(f"batch {batch}")
     axes[0, 0].legend(fontsize=8, ncol=len(PATHS))
@@ -211,15 +217,16 @@ def plots(results: dict, out: Path) -> list[Path]:
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     params = [r["params"]["torch"] / 1e6 for r in models.values()]
-    short = [n.split("/", 1)[1] for n in models]
+    short = [_short(n) for n in models]
     series = [(a1, "whole pipeline", [r["conversion_seconds"] for r in models.values()]),
               (a1, "build Keras + map weights", [r["timings"]["build_keras"] + r["timings"]["map_weights"]
                                                  for r in models.values()]),
               (a2, None, [r["rss_peak_mb"] - r["rss_baseline_mb"] for r in models.values()])]
     for ax, label, ys in series:
         ax.scatter(params, ys, label=label)
-        for x, y, n in zip(params, ys, short):
-            ax.annotate(n, (x, y), fontsize=7)
+        if label != "build Keras + map weights":   # near zero: its labels would pile up
+            for x, y, n in zip(params, ys, short):
+                ax.annotate(n, (x, y), fontsize=7)
     a1.set(xlabel="parameters (M)", ylabel="seconds", title="conversion time")
     a1.legend(fontsize=8)
     a2.set(xlabel="parameters (M)", ylabel="MB", title="worker peak RSS above import baseline")
