@@ -168,14 +168,10 @@ def saved_model_outputs(path, inputs: dict, specs=DEFAULT_OUTPUTS) -> dict:
 def _tflite_interpreter(path):
     """TensorFlow's LiteRT interpreter: unlike the standalone ai_edge_litert it links the TF
     select-ops (Flex) delegate, which Keras' export uses for ops TFLite has no builtin for. It
-    warns that it moves to ai_edge_litert; that is all the warning says. Where a TensorFlow has
-    dropped it, ai_edge_litert's (builtin ops only) is used."""
+    warns that it moves to ai_edge_litert; that is all the warning says."""
     import warnings
 
     import tensorflow as tf
-    if not hasattr(tf.lite, "Interpreter"):
-        from ai_edge_litert.interpreter import Interpreter
-        return Interpreter(model_path=str(path))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "(?s).*tf.lite.Interpreter is deprecated")
         return tf.lite.Interpreter(model_path=str(path))
