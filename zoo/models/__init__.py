@@ -24,6 +24,7 @@ BUILDERS: dict[str, str] = {
     "cspnet": "zoo.models.cspnet:cspnet",
     "xception": "zoo.models.xception:xception",
     "vit": "zoo.models.vit:vit",
+    "mobilevit": "zoo.models.mobilevit:mobilevit",
 }
 
 

@@ -13,6 +13,7 @@ import keras
 
 from zoo.layers.attention import FusedQKVAttention
 from zoo.layers.layer_scale import LayerScale
+from zoo.models.blocks import activation
 
 
 def layer_norm(x, eps, name):
@@ -26,12 +27,13 @@ def patch_embed(x, dim, patch, name):
                                name=name)(x)
 
 
-def mlp(x, hidden, name, names=("fc1", "act", "fc2")):
-    """Linear -> exact GELU -> Linear (timm Mlp, torchvision MLPBlock); dropouts are identities
-    at inference and left out."""
-    fc1, act, fc2 = (f"{name}_{n}" for n in names)
+def mlp(x, hidden, name, names=("fc1", "act", "fc2"), act="gelu"):
+    """Linear -> activation -> Linear (timm Mlp, torchvision MLPBlock); dropouts are identities
+    at inference and left out. act: a name of blocks.activation (exact GELU by default; timm
+    passes the network's own to some, e.g. SiLU in MobileViT)."""
+    fc1, act_name, fc2 = (f"{name}_{n}" for n in names)
     y = keras.layers.Dense(hidden, name=fc1)(x)
-    y = keras.layers.Activation("gelu", name=act)(y)   # Keras 3 "gelu": approximate=False
+    y = activation(y, act, act_name)   # "gelu": Keras 3's approximate=False, torch's nn.GELU()
     return keras.layers.Dense(x.shape[-1], name=fc2)(y)
 
 
@@ -59,16 +61,18 @@ class BlockNames:
 
 
 def transformer_block(x, heads, mlp_ratio, *, name, eps=1e-6, qkv_bias=True, ls_init=None,
-                      names=BlockNames()):
+                      names=BlockNames(), act="gelu"):
     """Pre-norm block: x + [ls1] attn(norm1(x)); x + [ls2] mlp(norm2(x)) (timm Block,
     torchvision EncoderBlock). ls_init: layer scale (DINOv2, CaiT) with that initial value;
-    None for none. Stochastic depth is an identity at inference and left out."""
+    None for none. act: the MLP's activation. Stochastic depth is an identity at inference and
+    left out."""
     p = f"{name}_"
     y = attention(layer_norm(x, eps, p + names.norm1), heads, p + names.attn, qkv_bias)
     if ls_init is not None:
         y = LayerScale(ls_init, name=p + names.ls1)(y)
     x = keras.layers.Add(name=p + "add1")([x, y])
-    y = mlp(layer_norm(x, eps, p + names.norm2), int(x.shape[-1] * mlp_ratio), p + names.mlp)
+    y = mlp(layer_norm(x, eps, p + names.norm2), int(x.shape[-1] * mlp_ratio), p + names.mlp,
+            act=act)
     if ls_init is not None:
         y = LayerScale(ls_init, name=p + names.ls2)(y)
     return keras.layers.Add(name=p + "add2")([x, y])
