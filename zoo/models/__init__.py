@@ -24,6 +24,7 @@ BUILDERS: dict[str, str] = {
     "cspnet": "zoo.models.cspnet:cspnet",
     "xception": "zoo.models.xception:xception",
     "vit": "zoo.models.vit:vit",
+    "ssdlite": "zoo.models.detection:ssdlite320_mobilenet_v3_large",
     "mobilevit": "zoo.models.mobilevit:mobilevit",
 }
 

@@ -87,6 +87,40 @@ def _se(channels):
                              gate="hard_sigmoid", naming=SE_CONV_HARD)
 
 
+def _reduce_tail(stages, last, divider):
+    """torchvision's `reduced_tail` (MobileNetV3 paper, section 6.3: detection and segmentation
+    backbones): the last stage's widths divided by `divider`, except the expansion of its first
+    block, which expands the previous stage's output."""
+    *head, tail = stages
+    tail = tuple((k, mid if i == 0 else mid // divider, out // divider, se, act, stride)
+                 for i, (k, mid, out, se, act, stride) in enumerate(tail))
+    return (*head, tail), last // divider
+
+
+def mobilenet_v3_features(inputs, arch="large", bn_eps=1e-5, torch_bn_momentum=0.1,
+                          reduced_tail=False):
+    """The MobileNetV3 feature extractor (stem, inverted residuals, the last 1x1 conv-bn-act
+    stage), with the `stage<i>` markers; shared by the classifier below and the detection
+    backbones (zoo/models/detection.py), which tap intermediate layers by name."""
+    if arch not in _V3_ARCHS:
+        raise ValueError(f"arch must be one of {sorted(_V3_ARCHS)}, got {arch!r}")
+    spec = _V3_ARCHS[arch]
+    stages, last = _reduce_tail(spec["stages"], spec["last"], 2 if reduced_tail else 1)
+    cfg = Settings(bn_eps=bn_eps, bn_momentum=torch_bn_momentum, act="hard_swish")
+    x = conv_norm_act(inputs, spec["stem"], 3, 2, cfg=cfg, names=cna_names("stem"))
+    k, reduction = 1, 2
+    for s, blocks in enumerate(stages, start=1):
+        for kernel, mid, out, se, act, stride in blocks:
+            x = inverted_residual(x, mid, out, kernel, stride, cfg=cfg, act=act,
+                                  se=_se(mid) if se else None, prefix=f"block{k}")
+            k, reduction = k + 1, reduction * stride
+        x = stage_end(x, f"stage{s}", reduction)
+    # 1x1 conv-bn-act: a stage of its own in timm (blocks.<last>), features.<k> in torchvision
+    x = conv_norm_act(x, last, 1, cfg=cfg,
+                      names=(f"block{k}_conv", f"block{k}_bn1", f"block{k}_act1"))
+    return stage_end(x, f"stage{len(stages) + 1}", reduction)
+
+
 @application("mobilenet_v2")
 def mobilenet_v2(inputs, bn_eps=1e-5, torch_bn_momentum=0.1, dropout=0.2):
     """MobileNetV2 1.0 (ReLU6), NHWC input normalised like the PyTorch source; logits out.
@@ -120,31 +154,17 @@ def mobilenet_v3(inputs, arch="large", head="conv", bn_eps=1e-5, torch_bn_moment
     `include_top=False` ends after the last 1x1 conv stage (before the pool), like timm's
     forward_features. `features_only=True` returns the stage outputs (7 large, 6 small).
     """
-    if arch not in _V3_ARCHS:
-        raise ValueError(f"arch must be one of {sorted(_V3_ARCHS)}, got {arch!r}")
     if head not in _HEADS:
         raise ValueError(f"head must be one of {_HEADS}, got {head!r}")
-    spec = _V3_ARCHS[arch]
-    cfg = Settings(bn_eps=bn_eps, bn_momentum=torch_bn_momentum, act="hard_swish")
-    x = conv_norm_act(inputs, spec["stem"], 3, 2, cfg=cfg, names=cna_names("stem"))
-    k, reduction = 1, 2
-    for s, blocks in enumerate(spec["stages"], start=1):
-        for kernel, mid, out, se, act, stride in blocks:
-            x = inverted_residual(x, mid, out, kernel, stride, cfg=cfg, act=act,
-                                  se=_se(mid) if se else None, prefix=f"block{k}")
-            k, reduction = k + 1, reduction * stride
-        x = stage_end(x, f"stage{s}", reduction)
-    # 1x1 conv-bn-act: a stage of its own in timm (blocks.<last>), features.<k> in torchvision
-    x = conv_norm_act(x, spec["last"], 1, cfg=cfg,
-                      names=(f"block{k}_conv", f"block{k}_bn1", f"block{k}_act1"))
-    x = stage_end(x, f"stage{len(spec['stages']) + 1}", reduction)
+    x = mobilenet_v3_features(inputs, arch, bn_eps, torch_bn_momentum)
+    head_width = _V3_ARCHS[arch]["head"]
 
     def pre_logits(y):
         if head == "conv":
-            y = keras.layers.Conv2D(spec["head"], 1, use_bias=True, name="head_conv")(y)
+            y = keras.layers.Conv2D(head_width, 1, use_bias=True, name="head_conv")(y)
             y = activation(y, "hard_swish", "head_act")
             return keras.layers.Flatten(name="head_flatten")(y)
-        y = keras.layers.Dense(spec["head"], name="head_fc")(y)
+        y = keras.layers.Dense(head_width, name="head_fc")(y)
         return activation(y, "hard_swish", "head_act")
 
     return x, pooled_top(dropout, pre_logits, keepdims=head == "conv")
