@@ -31,7 +31,8 @@ ODD = (75, 93)   # odd and non-square: where torch's and Keras' padding conventi
 SIZE_KWARGS = frozenset({"depths", "dims", "widths", "block_config", "width_multiplier",
                          "depth_multiplier", "width_per_group", "group_width", "stem_width",
                          "width_factor", "middle_blocks", "entry_flow",
-                         "depth", "dim", "heads", "patch", "img_size"})   # ViT
+                         "depth", "dim", "heads", "patch", "img_size",   # ViT
+                         "expansion", "num_features"})   # MobileViT
 # Sources that run at one input size only: torchvision's VisionTransformer asserts its
 # image_size (224), so it cannot run at SMALL or ODD. tests/test_family_vit.py maps a small
 # torchvision ViT with the same recipe rules instead; convert_all.py converts these at 224.

@@ -16,31 +16,7 @@ import math
 import keras
 from keras import ops
 
-
-def bilinear_matrix(n_in, n_out):
-    """The (n_out, n_in) matrix M with `M @ v` = torch's 1-D linear resize of v
-    (F.interpolate(mode="bilinear", align_corners=False, antialias=False)): source position
-    (d + 0.5) * n_in / n_out - 0.5 clamped at 0, two taps, the upper one clamped to the border.
-    Same sizes give exactly the identity. n_in / n_out may be symbolic (dynamic) sizes."""
-    dtype = "float32"
-    scale = ops.cast(n_in, dtype) / ops.cast(n_out, dtype)
-    src = ops.maximum(scale * (ops.cast(ops.arange(n_out), dtype) + 0.5) - 0.5, 0.0)
-    low = ops.floor(src)
-    frac = (src - low)[:, None]
-    last = ops.cast(n_in, dtype) - 1.0
-    i0 = ops.cast(ops.minimum(low, last), "int32")
-    i1 = ops.cast(ops.minimum(low + 1.0, last), "int32")
-    return (ops.one_hot(i0, n_in, dtype=dtype) * (1.0 - frac)
-            + ops.one_hot(i1, n_in, dtype=dtype) * frac)
-
-
-def resize_bilinear(x, out_h, out_w):
-    """NHWC x -> (B, out_h, out_w, C) like torch's bilinear F.interpolate(align_corners=False),
-    as two matrix products (separable; exact, where TF's resize kernels round differently)."""
-    shape = ops.shape(x)
-    m_h = ops.cast(bilinear_matrix(shape[1], out_h), x.dtype)
-    m_w = ops.cast(bilinear_matrix(shape[2], out_w), x.dtype)
-    return ops.einsum("jw,bhwc->bhjc", m_w, ops.einsum("ih,bhwc->biwc", m_h, x))
+from zoo.ops.sampling import interpolate
 
 
 def _whole(n, patch):
@@ -55,7 +31,10 @@ def _needs_resize(static_hw, patch):
 
 
 def _resized(x, out_h, out_w, patch, static_hw):
-    return resize_bilinear(x, out_h, out_w) if _needs_resize(static_hw, patch) else x
+    """timm's F.interpolate(size=..., mode="bilinear", align_corners=False) where needed."""
+    if not _needs_resize(static_hw, patch):
+        return x
+    return interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False)
 
 
 @keras.saving.register_keras_serializable(package="zoo")
