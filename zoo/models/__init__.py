@@ -26,6 +26,7 @@ BUILDERS: dict[str, str] = {
     "vit": "zoo.models.vit:vit",
     "ssdlite": "zoo.models.detection:ssdlite320_mobilenet_v3_large",
     "mobilevit": "zoo.models.mobilevit:mobilevit",
+    "levit": "zoo.models.levit:levit",
 }
 
 
