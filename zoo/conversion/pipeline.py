@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from zoo import faults
-from zoo.arguments import output_root, positive_int
+from zoo.arguments import InvalidArgumentError, output_root, positive_int
 from zoo.catalog import get_variant, output_dir
 from zoo.constants import STAGES  # noqa: F401 - the stages convert() runs; scripts/convert.py counts them
 from zoo.conversion.divergence import layer_diff
@@ -103,6 +103,20 @@ def prepare(name, weights="random", num_classes=None, in_chans=None, *, timings=
     return variant, tm, kwargs, model, plan
 
 
+def _refuse_fixed_size(name, size, in_chans):
+    """An image input whose recipe fixes its height and width (weights laid out per patch
+    position: BEiT's relative position bias, MLP-Mixer's token MLP) runs at that size only:
+    another --input-size is refused rather than silently validated at the fixed size."""
+    variant, _ = get_variant(name)
+    for spec in variant.input_specs(in_chans):
+        hw = tuple(spec.shape[1:]) if spec.layout == "image" else ()
+        if hw and None not in hw and hw != (size, size):
+            raise InvalidArgumentError(
+                f"{name}: input_size {size} refused: recipe {variant.recipe.path.name} fixes input "
+                f"{spec.name!r} at {hw[0]}x{hw[1]}, the size its weights are laid out for (the "
+                f"recipe says why); convert it without input_size")
+
+
 def convert(name: str, weights="random", num_classes: int | None = None,
             in_chans: int | None = None, out_dir=None, input_size: int | None = None,
             progress=None, requested: str | None = None, warnings=(), formats=None):
@@ -118,6 +132,8 @@ def convert(name: str, weights="random", num_classes: int | None = None,
     format that fails parity fails the conversion.
     """
     input_size = positive_int("input_size", input_size)
+    if input_size is not None:
+        _refuse_fixed_size(name, input_size, in_chans)
     formats = parse_formats("formats", formats)
     final = None if out_dir is None else output_dir(output_root("out_dir", out_dir), name)
     timings: dict[str, float] = {}

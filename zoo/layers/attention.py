@@ -3,6 +3,17 @@ import keras
 from keras import ops
 
 
+def fused_attention(qkv, num_heads, bias=None):
+    """(B, N, 3 * heads * head_dim) -> (B, N, heads * head_dim): softmax(q k^T / sqrt(head_dim)
+    [+ bias]) v per head, heads concatenated. bias: added to the logits before the softmax,
+    broadcast to (B, heads, N, N) (BEiT's relative position bias)."""
+    dim = qkv.shape[-1] // 3
+    shape = ops.shape(qkv)
+    qkv = ops.reshape(qkv, (shape[0], shape[1], 3, num_heads, dim // num_heads))
+    out = ops.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], bias=bias)
+    return ops.reshape(out, (shape[0], shape[1], dim))
+
+
 @keras.saving.register_keras_serializable(package="zoo")
 class FusedQKVAttention(keras.layers.Layer):
     """(B, N, 3 * heads * head_dim) -> (B, N, heads * head_dim): softmax(q k^T / sqrt(head_dim)) v
@@ -21,11 +32,7 @@ class FusedQKVAttention(keras.layers.Layer):
         self.num_heads = int(num_heads)
 
     def call(self, qkv):
-        dim = qkv.shape[-1] // 3
-        shape = ops.shape(qkv)
-        qkv = ops.reshape(qkv, (shape[0], shape[1], 3, self.num_heads, dim // self.num_heads))
-        out = ops.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
-        return ops.reshape(out, (shape[0], shape[1], dim))
+        return fused_attention(qkv, self.num_heads)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], input_shape[-1] // 3)

@@ -24,9 +24,10 @@ BUILDERS: dict[str, str] = {
     "cspnet": "zoo.models.cspnet:cspnet",
     "xception": "zoo.models.xception:xception",
     "vit": "zoo.models.vit:vit",
+    "beit": "zoo.models.beit:beit",
+    "mixer": "zoo.models.mixer:mixer",
     "ssdlite": "zoo.models.detection:ssdlite320_mobilenet_v3_large",
     "mobilevit": "zoo.models.mobilevit:mobilevit",
-    "levit": "zoo.models.levit:levit",
 }
 
 

@@ -7,6 +7,7 @@ Linear and LayerNorm do, so no axis needs translating inside a block.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import keras
@@ -14,6 +15,17 @@ import keras
 from zoo.layers.attention import FusedQKVAttention
 from zoo.layers.layer_scale import LayerScale
 from zoo.models.blocks import activation
+
+
+def fixed_input_size(builder):
+    """For a builder whose model runs at img_size x img_size only (weights laid out per patch
+    position: BEiT's relative position bias, MLP-Mixer's token MLP): input_shape defaults to
+    (img_size, img_size, 3), so `zoo.create_model(name)` needs no shape."""
+    @functools.wraps(builder)
+    def wrapped(*args, img_size=224, input_shape=None, **kwargs):
+        shape = (img_size, img_size, 3) if input_shape is None else input_shape
+        return builder(*args, img_size=img_size, input_shape=shape, **kwargs)
+    return wrapped
 
 
 def layer_norm(x, eps, name):
@@ -37,14 +49,16 @@ def mlp(x, hidden, name, names=("fc1", "act", "fc2"), act="gelu"):
     return keras.layers.Dense(x.shape[-1], name=fc2)(y)
 
 
-def attention(x, heads, name, qkv_bias=True, names=("qkv", "attn", "proj")):
-    """Self-attention: one Dense to (q|k|v, heads, head_dim) -> FusedQKVAttention -> Dense."""
+def attention(x, heads, name, qkv_bias=True, names=("qkv", "attn", "proj"), core=None):
+    """Self-attention: one Dense to (q|k|v, heads, head_dim) -> FusedQKVAttention -> Dense.
+    core: another attention layer on the fused q/k/v, `core(name)` (BEiT's relative position
+    bias and q/v biases)."""
     qkv, attn, proj = (f"{name}_{n}" for n in names)
     dim = x.shape[-1]
     if dim % heads:
         raise ValueError(f"{name}: width {dim} is not a multiple of {heads} heads")
     y = keras.layers.Dense(3 * dim, use_bias=qkv_bias, name=qkv)(x)
-    y = FusedQKVAttention(heads, name=attn)(y)
+    y = (core(attn) if core else FusedQKVAttention(heads, name=attn))(y)
     return keras.layers.Dense(dim, name=proj)(y)
 
 
