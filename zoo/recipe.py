@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from zoo.errors import RecipeError
-from zoo.io_spec import DEFAULT_OUTPUTS, default_inputs, parse_inputs, parse_outputs
+from zoo.io_spec import DEFAULT_OUTPUTS, LAYOUTS, default_inputs, parse_inputs, parse_outputs
 from zoo.names import VARIANT_NAME, WEIGHT_TAG
 from zoo.safe_regex import backtracking_problem
 from zoo.templates import TemplateError, check_template, parse_template
@@ -35,7 +35,7 @@ DEFAULT_PREPROCESSING = {
 
 _FAMILY_KEYS = {"family", "description", "license", "input_size", "preprocessing", "tolerance",
                 "classifier", "features", "ignore", "tables", "mapping", "variants", "inputs",
-                "outputs"}
+                "outputs", "feature_layout"}
 _VARIANT_KEYS = {"torch", "keras", "license", "input_size", "preprocessing", "tolerance", "features",
                  "tables", "inputs", "outputs", "tags"}
 _RULE_KEYS = {"torch", "keras", "transform", "args", "only", "skip", "module_type", "note"}
@@ -138,6 +138,8 @@ class Variant:
         # only when declared: the image classifiers' fingerprints (and --resume) stay as they were
         if self.inputs is not None:
             payload["inputs"] = [s.to_json() for s in self.inputs]
+        if self.recipe.feature_layout is not None:
+            payload["feature_layout"] = self.recipe.feature_layout
         if self.outputs is not None:
             payload["outputs"] = [s.to_json() for s in self.outputs]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -153,6 +155,9 @@ class Recipe:
     ignore: list[re.Pattern]
     mapping: list[Rule]
     variants: dict[str, Variant] = field(default_factory=dict)
+    # the layout of the torch `features` outputs when it is not the first input's: `tensor` for
+    # models whose maps are channels-last in torch too (Swin's (B, H, W, C) stages)
+    feature_layout: str | None = None
 
 
 def _fail(path, where, msg):
@@ -201,6 +206,12 @@ def _positive_number(path, where, value, kind=float):
     if kind is int and value != int(value):
         _fail(path, where, f"expected a whole number, got {value!r}")
     return kind(value)
+
+
+def _feature_layout(path, value):
+    if value is not None and value not in LAYOUTS:
+        _fail(path, "feature_layout", f"expected one of {list(LAYOUTS)}, got {value!r}")
+    return value
 
 
 def _regex(path, where, pattern):
@@ -383,7 +394,8 @@ def _parse_recipe(path: Path) -> Recipe:
     rules = [_rule(path, i, r) for i, r in enumerate(data["mapping"])]
 
     recipe = Recipe(path, str(data["family"]), str(data.get("description", "")),
-                    data.get("classifier"), features, ignore, rules)
+                    data.get("classifier"), features, ignore, rules,
+                    feature_layout=_feature_layout(path, data.get("feature_layout")))
     if not isinstance(data["variants"], dict) or not data["variants"]:
         _fail(path, "variants", "expected a non-empty mapping of catalogue name -> variant")
     for name, v in data["variants"].items():

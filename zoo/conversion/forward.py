@@ -79,9 +79,10 @@ def feature_layout(in_specs) -> str:
 
 
 def torch_outputs(module, inputs, feature_modules: dict[str, str], in_specs=None,
-                  out_specs=DEFAULT_OUTPUTS, dtype=None) -> dict:
+                  out_specs=DEFAULT_OUTPUTS, dtype=None, layout=None) -> dict:
     """The declared outputs and the named modules' outputs from one forward pass:
-    {"outputs": {name: array}, "features": {keras layer: array}}, Keras layout."""
+    {"outputs": {name: array}, "features": {keras layer: array}}, Keras layout. layout: the
+    features' torch layout when the recipe declares one (`feature_layout`)."""
     inputs, in_specs = as_inputs(inputs, in_specs)
     captured, hooks = {}, []
     for torch_name, keras_name in feature_modules.items():
@@ -94,6 +95,6 @@ def torch_outputs(module, inputs, feature_modules: dict[str, str], in_specs=None
     finally:
         for h in hooks:
             h.remove()
-    layout = feature_layout(in_specs)
+    layout = layout or feature_layout(in_specs)
     return {"outputs": select(result, out_specs),
             "features": {k: to_keras(v.numpy(), layout) for k, v in captured.items()}}

@@ -58,7 +58,8 @@ def _disk_errors(name, final):
                           "file-size limit); nothing was written") from None
 
 
-def float32_error(module, inputs, feature_modules, ref32, tolerance, in_specs, out_specs) -> dict:
+def float32_error(module, inputs, feature_modules, ref32, tolerance, in_specs, out_specs,
+                  layout=None) -> dict:
     """How far torch's own float32 forward is from a float64 forward of the same weights: the
     precision the network allows at float32. A parity error of that size is the network's
     conditioning, not a conversion mistake (which is orders of magnitude larger)."""
@@ -67,7 +68,7 @@ def float32_error(module, inputs, feature_modules, ref32, tolerance, in_specs, o
     import numpy as np
     try:
         ref64 = torch_outputs(copy.deepcopy(module).double(), inputs, feature_modules, in_specs,
-                              out_specs, dtype=np.float64)
+                              out_specs, dtype=np.float64, layout=layout)
     except Exception as e:   # a custom op without a float64 kernel: report, don't fail
         return {"error": f"{type(e).__name__}: {e}"[:300]}
     result = compare_outputs(ref64, ref32, tolerance, out_specs)
@@ -145,12 +146,13 @@ def convert(name: str, weights="random", num_classes: int | None = None,
     in_specs, out_specs = variant.input_specs(in_chans), variant.output_specs()
     with _stage("validate", timings, progress):
         inputs = make_inputs(in_specs, size, tm.preprocessing)
-        ref = torch_outputs(tm.module, inputs, features, in_specs, out_specs)
+        layout = variant.recipe.feature_layout
+        ref = torch_outputs(tm.module, inputs, features, in_specs, out_specs, layout=layout)
         parity = {"in_memory": compare_outputs(
             ref, keras_outputs(model, inputs, list(features.values()), out_specs),
             variant.tolerance, out_specs)}
         floor = float32_error(tm.module, inputs, features, ref, variant.tolerance, in_specs,
-                              out_specs)
+                              out_specs, layout)
 
     report = {
         "format_version": FORMAT_VERSION, "name": name, "family": variant.recipe.family,

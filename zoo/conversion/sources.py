@@ -143,8 +143,11 @@ def build_source(source: str, kwargs=None, num_classes=None, in_chans=None):
 
 # ---------------------------------------------------------------- weights
 
-def perturb_(module, seed=PERTURB_SEED):
-    """Move every float parameter and buffer away from its initial value (fixed seed).
+def perturb_(module, seed=PERTURB_SEED, ignore=()):
+    """Move every float parameter and buffer away from its initial value (fixed seed), except
+    the tensors that the recipe `ignore`s (regexes): those are not converted because they are
+    derived from the architecture (Swin V2's `relative_coords_table`), so they must keep the
+    values the source derives.
 
     Fresh init hides mapping bugs: BN stats 0/1 make a swapped mean/var invisible, zero-init last
     BN gammas (timm ResNet) switch residual branches off, constant biases hide transposes.
@@ -155,7 +158,7 @@ def perturb_(module, seed=PERTURB_SEED):
     with torch.no_grad():
         for name in sorted(tensors):
             t = tensors[name]
-            if not t.is_floating_point():
+            if not t.is_floating_point() or any(p.fullmatch(name) for p in ignore):
                 continue
             if name.endswith("running_var"):
                 t.copy_(0.5 + torch.rand(t.shape, generator=gen))
@@ -379,7 +382,7 @@ def load_torch_model(variant: Variant, tag: str | None, weights: str,
         with torch.random.fork_rng(devices=[]):   # reproducible init, caller's RNG untouched
             torch.manual_seed(PERTURB_SEED)
             module = _build_random(variant, tag, num_classes, in_chans)
-        perturb_(module)
+        perturb_(module, ignore=variant.recipe.ignore)
         calibrate_norms_(module, variant.input_size, variant.input_specs(in_chans))
         kind, ckpt = "random", None
     elif weights == "pretrained":
