@@ -147,12 +147,13 @@ def test_window_attention_matches_torchvision(size, v2):
 
 # ------------------------------------------------------------------ small real models
 
-def _tiny_timm():
+def _tiny_timm(v2=False):
     from timm.models.swin_transformer import SwinTransformer
+    from timm.models.swin_transformer_v2 import SwinTransformerV2
 
-    return SwinTransformer(img_size=32, patch_size=4, embed_dim=DIM, depths=(2, 2),
-                           num_heads=(2, 2), window_size=4, num_classes=10,
-                           dynamic_img_size=True)
+    return (SwinTransformerV2 if v2 else SwinTransformer)(
+        img_size=32, patch_size=4, embed_dim=DIM, depths=(2, 2), num_heads=(2, 2), window_size=4,
+        num_classes=10, dynamic_img_size=True)
 
 
 def _tiny_torchvision(v2):
@@ -165,6 +166,7 @@ def _tiny_torchvision(v2):
 
 @pytest.mark.parametrize("name, make, stages, size", [
     ("timm/swin_tiny_patch4_window7_224", _tiny_timm, ("layers.0", "layers.1"), (40, 48)),
+    ("timm/swinv2_tiny_window8_256", lambda: _tiny_timm(True), ("layers.0", "layers.1"), (40, 48)),
     ("torchvision/swin_t", lambda: _tiny_torchvision(False), ("features.1", "features.3"), (37, 45)),
     ("torchvision/swin_v2_t", lambda: _tiny_torchvision(True), ("features.1", "features.3"),
      (37, 45)),
@@ -173,7 +175,8 @@ def test_small_model_with_the_recipe_rules(name, make, stages, size):
     """A 2-stage Swin of each source, mapped by the catalogue variant's rules (every torch
     tensor mapped or ignored, every Keras variable assigned), equals it: logits and both stage
     maps (NHWC on both sides), on a map that needs padding and odd merging. timm's stage 2 grid
-    (4 at img_size 32) fits one window: timm drops its shift when the model is built."""
+    (4 at img_size 32) fits one window: timm drops its shift when the model is built. V2: timm's
+    separate q_bias / v_bias (its zero key bias a buffer), torchvision's fused bias."""
     module = _perturbed(make(), seed=3)
     model = build(name, depths=[2, 2], heads=[2, 2], dim=DIM, window=4, img_size=32, classes=10)
     plan = plan_for(name, module, model)

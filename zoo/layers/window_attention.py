@@ -167,13 +167,15 @@ class WindowAttention(_WindowLayer):
     relative_position_index. Swin V2 (cosine=True): logits = cos(q, k) * exp(min(logit_scale,
     log 100)) with `logit_scale` (heads, 1, 1); the bias is 16 sigmoid(cpb_mlp(coords table))
     with the MLP's Linears as the sublayers `cpb_mlp_0` and `cpb_mlp_2` (torch's indices).
-    Variables keep the sources' names and shapes so `identity` / `linear` map them.
+    qv_bias: timm V2's `q_bias` and `v_bias` (C,), added here to a bias-free q|k|v Dense (its key
+    bias is a zero buffer). Variables keep the sources' names and shapes so `identity` /
+    `linear` map them.
     """
 
     def __init__(self, num_heads, window, shift=0, order="roll_pad", cosine=False,
-                 pretrained_window=None, **kwargs):
+                 pretrained_window=None, qv_bias=False, **kwargs):
         super().__init__(window, shift, order, **kwargs)
-        self.num_heads, self.cosine = int(num_heads), bool(cosine)
+        self.num_heads, self.cosine, self.qv_bias = int(num_heads), bool(cosine), bool(qv_bias)
         self.pretrained_window = _pair(pretrained_window) if pretrained_window else None
         if self.cosine:
             self.cpb_mlp_0 = keras.layers.Dense(CPB_HIDDEN, activation="relu", name="cpb_mlp_0")
@@ -181,6 +183,10 @@ class WindowAttention(_WindowLayer):
 
     def build(self, input_shape):
         wh, ww = self.window
+        if self.qv_bias:
+            self.q_bias, self.v_bias = (self.add_weight(name=n, shape=(input_shape[-1] // 3,),
+                                                        initializer="zeros")
+                                        for n in ("q_bias", "v_bias"))
         if self.cosine:
             self.logit_scale = self.add_weight(
                 name="logit_scale", shape=(self.num_heads, 1, 1),
@@ -209,6 +215,8 @@ class WindowAttention(_WindowLayer):
         shape = ops.shape(qkv)
         dim = qkv.shape[-1] // 3
         head_dim = dim // self.num_heads
+        if self.qv_bias:
+            qkv = qkv + ops.concatenate([self.q_bias, ops.zeros_like(self.q_bias), self.v_bias])
         # windows on one axis: (B, nh * nw, heads, N, N) logits stay 5-D (oneDNN's softmax limit)
         qkv = ops.reshape(qkv, (shape[0], shape[1] * shape[2], shape[3], 3, self.num_heads,
                                 head_dim))
@@ -233,6 +241,7 @@ class WindowAttention(_WindowLayer):
 
     def get_config(self):
         return {**super().get_config(), "num_heads": self.num_heads, "cosine": self.cosine,
+                "qv_bias": self.qv_bias,
                 "pretrained_window": list(self.pretrained_window) if self.pretrained_window
                 else None}
 

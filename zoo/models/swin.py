@@ -49,9 +49,12 @@ def _window_and_shift(grid, window, shifted, source):
 def _attention(x, heads, window, shift, source, v2, name):
     order = SOURCES[source]
     y = WindowPartition(window, shift, order, name=f"{name}_partition")(x)
+    # V2's key bias never acts: torchvision zeroes that third of its stored qkv bias in forward,
+    # timm stores q_bias and v_bias apart (on the attention module) and no qkv bias at all
+    timm_v2 = v2 and source == "timm"
     dense = KeyBiasFreeDense if v2 and source == "torchvision" else keras.layers.Dense
-    y = dense(3 * x.shape[-1], name=f"{name}_qkv")(y)
-    y = WindowAttention(heads, window, shift, order, cosine=v2, name=name)(y)
+    y = dense(3 * x.shape[-1], use_bias=not timm_v2, name=f"{name}_qkv")(y)
+    y = WindowAttention(heads, window, shift, order, cosine=v2, qv_bias=timm_v2, name=name)(y)
     y = keras.layers.Dense(x.shape[-1], name=f"{name}_proj")(y)
     return WindowMerge(window, shift, order, name=f"{name}_merge")([y, x])
 
