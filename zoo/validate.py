@@ -28,11 +28,14 @@ def compare(ref: np.ndarray, out: np.ndarray, topk: bool = False) -> dict:
          "mean_abs": float(d.mean()), "cosine": float(cos.min()), "finite": finite}
     if not finite:
         m["max_rel"] = float("inf")
-    if topk and ref.ndim == 2:
+    if topk and ref.ndim >= 2:
+        # classes on the last axis: one row per sample, or per pixel of a dense map (NHWC
+        # segmentation logits), where top-1 agreement is the fraction of pixels whose class agrees
+        ref, out = ref.reshape(-1, ref.shape[-1]), out.reshape(-1, out.shape[-1])
         k = min(5, ref.shape[1])
         m["top1"] = float(np.mean(ref.argmax(1) == out.argmax(1)))
         tr, to = np.argsort(-ref, 1)[:, :k], np.argsort(-out, 1)[:, :k]
-        m["top5"] = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(tr, to)]))
+        m["top5"] = float(np.mean((tr[:, :, None] == to[:, None, :]).any(2).sum(1) / k))
     return m
 
 

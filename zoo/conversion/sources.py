@@ -356,11 +356,13 @@ def _metadata(variant, tag, module, weights):
     elif kind == "torchvision":
         w = _tv_weights_enum(variant, tag)
         t = w.transforms()
+        # segmentation weights (SemanticSegmentation) resize the shorter side and do not crop
+        crop = getattr(t, "crop_size", None) or t.resize_size
         pre.update(mean=list(t.mean), std=list(t.std), interpolation=t.interpolation.value,
-                   crop_pct=round(t.crop_size[0] / t.resize_size[0], 4),
+                   crop_pct=round(crop[0] / t.resize_size[0], 4),
                    # the exact resize (crop_pct is rounded): Inception v3 342, not 299 / 0.8743
                    resize_size=int(t.resize_size[0]),
-                   input_size=[int(t.crop_size[0])] * 2)
+                   input_size=[int(crop[0])] * 2)
         tag = tag or w.name
         if weights == "pretrained":
             names = list(w.meta["categories"])

@@ -24,6 +24,7 @@ BUILDERS: dict[str, str] = {
     "cspnet": "zoo.models.cspnet:cspnet",
     "xception": "zoo.models.xception:xception",
     "vit": "zoo.models.vit:vit",
+    "segmentation": "zoo.models.segmentation:segmentation",
     "swin": "zoo.models.swin:swin",
     "maxvit": "zoo.models.maxvit:maxvit",
     "beit": "zoo.models.beit:beit",

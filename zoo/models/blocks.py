@@ -102,11 +102,13 @@ def conv2d(x, filters, kernel, stride=1, groups=1, use_bias=False, padding=None,
     return keras.layers.Conv2D(filters, kernel, **args)(x)
 
 
-def depthwise(x, kernel, stride=1, name=None, cfg=TORCH, padding=None, use_bias=False):
-    """`nn.Conv2d(C, C, k, stride, groups=C)` (channel multiplier 1), padded like `conv2d`."""
-    x, mode = pad(x, kernel, stride, 1, cfg.padding if padding is None else padding, name)
+def depthwise(x, kernel, stride=1, name=None, cfg=TORCH, padding=None, use_bias=False,
+              dilation=1):
+    """`nn.Conv2d(C, C, k, stride, groups=C, dilation)` (channel multiplier 1), padded like
+    `conv2d`."""
+    x, mode = pad(x, kernel, stride, dilation, cfg.padding if padding is None else padding, name)
     return keras.layers.DepthwiseConv2D(kernel, strides=stride, padding=mode, use_bias=use_bias,
-                                        name=name)(x)
+                                        dilation_rate=dilation, name=name)(x)
 
 
 def norm(x, name, cfg=TORCH):
@@ -221,7 +223,7 @@ def residual_add(y, shortcut, name, drop_path=0.0):
 
 
 def depthwise_separable(x, filters, kernel=3, stride=1, *, prefix, cfg=TORCH, act=None, se=None,
-                        names=("conv_dw", "bn1", "act_dw", "conv_pw", "bn2", None)):
+                        names=("conv_dw", "bn1", "act_dw", "conv_pw", "bn2", None), dilation=1):
     """depthwise conv -> norm [-> act] [-> squeeze-excite] -> 1x1 conv -> norm [-> act].
 
     names: the six sub-layer names after `<prefix>_` (dw conv, its norm, its activation, pw conv,
@@ -229,7 +231,7 @@ def depthwise_separable(x, filters, kernel=3, stride=1, *, prefix, cfg=TORCH, ac
     (x, prefix) -> x, e.g. a functools.partial of squeeze_excite.
     """
     dw, dw_norm, dw_act, pw, pw_norm, pw_act = (n and f"{prefix}_{n}" for n in names)
-    x = norm(depthwise(x, kernel, stride, name=dw, cfg=cfg), dw_norm, cfg)
+    x = norm(depthwise(x, kernel, stride, name=dw, cfg=cfg, dilation=dilation), dw_norm, cfg)
     if dw_act:
         x = activation(x, act or cfg.act, dw_act)
     if se is not None:
@@ -238,7 +240,7 @@ def depthwise_separable(x, filters, kernel=3, stride=1, *, prefix, cfg=TORCH, ac
 
 
 def inverted_residual(x, mid_ch, out_ch, kernel, stride, *, prefix, cfg=TORCH, act=None, se=None,
-                      act_names=("act1", "act_dw"), drop_path=0.0):
+                      act_names=("act1", "act_dw"), drop_path=0.0, dilation=1):
     """MBConv (MobileNetV2/V3, MNASNet, EfficientNet): 1x1 expansion (skipped when mid == in:
     timm's depthwise-separable block) -> depthwise -> [squeeze-excite] -> linear 1x1 projection,
     residual when the shape is kept. Sub-layers carry timm's names (conv_pw, bn1, conv_dw, bn2,
@@ -252,7 +254,7 @@ def inverted_residual(x, mid_ch, out_ch, kernel, stride, *, prefix, cfg=TORCH, a
     else:
         names = ("conv_dw", "bn1", act_names[1], "conv_pw", "bn2", None)
     x = depthwise_separable(x, out_ch, kernel, stride, prefix=prefix, cfg=cfg, act=act, se=se,
-                            names=names)
+                            names=names, dilation=dilation)
     if stride == 1 and in_ch == out_ch:
         x = residual_add(x, shortcut, prefix, drop_path)
     return x

@@ -98,7 +98,7 @@ def _reduce_tail(stages, last, divider):
 
 
 def mobilenet_v3_features(inputs, arch="large", bn_eps=1e-5, torch_bn_momentum=0.1,
-                          reduced_tail=False):
+                          reduced_tail=False, dilated=False):
     """The MobileNetV3 feature extractor (stem, inverted residuals, the last 1x1 conv-bn-act
     stage), with the `stage<i>` markers; shared by the classifier below and the detection
     backbones (zoo/models/detection.py), which tap intermediate layers by name."""
@@ -110,9 +110,15 @@ def mobilenet_v3_features(inputs, arch="large", bn_eps=1e-5, torch_bn_momentum=0
     x = conv_norm_act(inputs, spec["stem"], 3, 2, cfg=cfg, names=cna_names("stem"))
     k, reduction = 1, 2
     for s, blocks in enumerate(stages, start=1):
+        # dilated (torchvision's segmentation backbones): the last stage keeps stride 16, its
+        # depthwise convs dilated by 2 instead of its first block striding. That block changes
+        # the width in both networks, so it stays without a residual as in torchvision.
+        dilation = 2 if dilated and s == len(stages) else 1
         for kernel, mid, out, se, act, stride in blocks:
+            stride = 1 if dilation > 1 else stride
             x = inverted_residual(x, mid, out, kernel, stride, cfg=cfg, act=act,
-                                  se=_se(mid) if se else None, prefix=f"block{k}")
+                                  se=_se(mid) if se else None, prefix=f"block{k}",
+                                  dilation=dilation)
             k, reduction = k + 1, reduction * stride
         x = stage_end(x, f"stage{s}", reduction)
     # 1x1 conv-bn-act: a stage of its own in timm (blocks.<last>), features.<k> in torchvision
