@@ -8,13 +8,13 @@ in `call`, so the backend sees one batched attention per layer.
 from __future__ import annotations
 
 import keras
-import numpy as np
 from keras import ops
+
+from zoo.layers.window_attention import relative_position_index
 
 MODES = ("block", "grid")
 
-# How the source stores the bias table and which relative offset indexes it; see
-# `relative_position_index`.
+# How the source stores the bias table and which relative offset indexes it; see `bias_index`.
 #   "tf":   timm RelPosBiasTf (the `_tf_` MaxViTs ported from TensorFlow): (heads, 2h-1, 2w-1),
 #           offset key - query; timm rebuilds it with one-hot lookups (non-persistent buffers).
 #   "swin": timm RelPosBias, torchvision MaxViT/Swin: ((2h-1) * (2w-1), heads), offset
@@ -97,27 +97,24 @@ class Unpartition(keras.layers.Layer):
         return {**super().get_config(), "size": self.size, "mode": self.mode}
 
 
-def relative_position_index(window, layout):
+def bias_index(window, layout):
     """(N, N) int index, N = h*w, into the flattened bias table: entry [q, k] is the table cell
     of query token q = (qi, qj) and key token k = (ki, kj) of one window (tokens row-major).
 
-    "tf": table (heads, 2h-1, 2w-1) flattened per head; cell (ki-qi+h-1, kj-qj+w-1), as timm's
-    one-hot lookups reindex it (`reindex_2d_einsum_lookup`). "swin": table ((2h-1)(2w-1), heads)
-    flattened over its first axis; cell (qi-ki+h-1) * (2w-1) + (qj-kj+w-1), torch's
-    `relative_position_index` buffer.
+    "swin": table ((2h-1)(2w-1), heads), cell (qi-ki+h-1) * (2w-1) + (qj-kj+w-1): torch's
+    `relative_position_index` buffer (zoo.layers.window_attention rebuilds it for Swin).
+    "tf": table (heads, 2h-1, 2w-1) flattened per head, cell (ki-qi+h-1, kj-qj+w-1) as timm's
+    one-hot lookups reindex it (`reindex_2d_einsum_lookup`): the same numbers for the opposite
+    offset, i.e. the transpose of the swin index.
     """
     if layout not in BIAS_LAYOUTS:
         raise ValueError(f"layout must be one of {BIAS_LAYOUTS}, got {layout!r}")
-    h, w = window
-    coords = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing="ij")).reshape(2, -1)
-    delta = coords[:, :, None] - coords[:, None, :]   # query - key, (2, N, N)
-    if layout == "tf":
-        delta = -delta
-    return (delta[0] + h - 1) * (2 * w - 1) + (delta[1] + w - 1)
+    index = relative_position_index(window)
+    return index.T if layout == "tf" else index
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class RelPosAttention(keras.layers.Layer):
+class PartitionAttention(keras.layers.Layer):
     """Multi-head self-attention inside windows with a learned relative position bias:
     (..., N, 3 * heads * head_dim) -> (..., N, heads * head_dim), N = window[0] * window[1],
     softmax(scale * q k^T + bias) v per window and head; scale None is head_dim^-0.5 (timm),
@@ -139,7 +136,7 @@ class RelPosAttention(keras.layers.Layer):
         self.window = tuple(int(s) for s in (window if isinstance(window, (list, tuple))
                                              else (window, window)))
         self.layout = layout
-        self.index = relative_position_index(self.window, layout).reshape(-1)
+        self.index = bias_index(self.window, layout).reshape(-1)
 
     def build(self, input_shape):
         h, w = self.window

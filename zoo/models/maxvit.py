@@ -36,7 +36,7 @@ from __future__ import annotations
 import keras
 
 from zoo.layers.gelu import GELU
-from zoo.layers.partition_attention import Partition, RelPosAttention, Unpartition
+from zoo.layers.partition_attention import Partition, PartitionAttention, Unpartition
 from zoo.models.blocks import (
     SE_FC,
     TF_SAME,
@@ -93,7 +93,7 @@ def _partition_attention(x, mode, window, *, ln_eps, gelu_tanh, scale, bias_layo
     y = keras.layers.LayerNormalization(epsilon=ln_eps, name=f"{name}_norm1")(x)
     y = Partition(window, mode, name=f"{name}_partition")(y)
     y = keras.layers.Dense(3 * dim, name=f"{name}_attn_qkv")(y)
-    y = RelPosAttention(dim // HEAD_DIM, window, bias_layout,
+    y = PartitionAttention(dim // HEAD_DIM, window, bias_layout,
                         scale=dim ** -0.5 if scale == "width" else None, name=f"{name}_attn")(y)
     y = keras.layers.Dense(dim, name=f"{name}_attn_proj")(y)
     y = Unpartition(window, mode, name=f"{name}_unpartition")(y)
