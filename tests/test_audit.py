@@ -31,8 +31,11 @@ def test_custom_ops_autograd_functions_and_unknown_modules_are_named():
         assert rows[("op", op)]["status"] == "custom op (C/C++ backend)", op
     assert rows[("op", "torchvision::deform_conv2d")]["where"] == ["dconv"]
     assert rows[("autograd", "audit_fixtures.ClampFn")]["status"].startswith("custom op")
-    assert rows[("module", "DeformConv2d")]["status"] == "unknown"
-    assert "re-implement" in rows[("module", "DeformConv2d")]["note"]
+    # zoo re-implements these (zoo/ops/): still named as compiled ops, with the zoo twin
+    for key in (("module", "DeformConv2d"), ("op", "torchvision::deform_conv2d"),
+                ("op", "torchvision::roi_align"), ("op", "torchvision::nms")):
+        assert rows[key]["status"] == "custom op (C/C++ backend)", key
+        assert rows[key]["note"].startswith("zoo has a TF implementation: zoo."), key
     # Keras has these (under another name or the same): no "re-implement" advice for them
     for module, twin in (("Softplus", "keras.activations.softplus"),
                          ("ZeroPad2d", "keras.layers.ZeroPadding2D"),

@@ -15,22 +15,26 @@ one einsum; nothing loops over data in Python.
 """
 import tensorflow as tf
 
+from zoo.ops._shapes import dims, expand
+
 
 def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
-def _sample(x, y, xs, offset_groups):
+def _sample(x, y, xs, offset_groups, taps):
     """Zero-padded bilinear samples of x (B, H, W, C) at float pixel coordinates y, xs of shape
-    (B, Ho, Wo, G, K) -> (B, Ho, Wo, K, G, C // G)."""
-    shape = tf.shape(x)
-    b, h, w, c = shape[0], shape[1], shape[2], shape[3]
-    g = offset_groups
+    (B, P, G * K) (P output pixels, tap k of offset group g at g * K + k) -> (B, P, K, G, C // G).
+    No tensor has more than 5 axes: TFLite's strided slice and transpose stop there."""
+    b, h, w, c = dims(x)
+    g, k = offset_groups, taps
     # (B, G, H*W, Cg): each offset group gathers from its own channels
     grouped = tf.transpose(tf.reshape(x, [b, h * w, g, c // g]), [0, 2, 1, 3])
-    pos_shape = tf.shape(y)
-    y = tf.reshape(tf.transpose(y, [0, 3, 1, 2, 4]), [b, g, -1])    # (B, G, Ho*Wo*K)
-    xs = tf.reshape(tf.transpose(xs, [0, 3, 1, 2, 4]), [b, g, -1])
+
+    def per_group(t):   # (B, P, G*K) -> (B, G, P*K)
+        return tf.reshape(tf.transpose(tf.reshape(t, [b, -1, g, k]), [0, 2, 1, 3]), [b, g, -1])
+
+    y, xs = per_group(y), per_group(xs)
     y0, x0 = tf.floor(y), tf.floor(xs)
     ly, lx = y - y0, xs - x0
     y0, x0 = tf.cast(y0, tf.int32), tf.cast(x0, tf.int32)
@@ -39,13 +43,12 @@ def _sample(x, y, xs, offset_groups):
         inside = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
         index = tf.clip_by_value(yi, 0, h - 1) * w + tf.clip_by_value(xi, 0, w - 1)
         weight = tf.where(inside, weight, tf.zeros_like(weight))
-        return weight[..., None] * tf.gather(grouped, index, batch_dims=2)
+        return expand(weight, -1) * tf.gather(grouped, index, batch_dims=2)
 
     val = (tap(y0, x0, (1 - ly) * (1 - lx)) + tap(y0, x0 + 1, (1 - ly) * lx)
            + tap(y0 + 1, x0, ly * (1 - lx)) + tap(y0 + 1, x0 + 1, ly * lx))
-    # (B, G, Ho*Wo*K, Cg) -> (B, Ho, Wo, K, G, Cg)
-    val = tf.reshape(val, tf.concat([[b, g], pos_shape[1:3], pos_shape[4:], [c // g]], 0))
-    return tf.transpose(val, [0, 2, 3, 4, 1, 5])
+    # (B, G, P*K, Cg) -> (B, G, P, K, Cg) -> (B, P, K, G, Cg)
+    return tf.transpose(tf.reshape(val, [b, g, -1, k, c // g]), [0, 2, 3, 1, 4])
 
 
 def deform_conv2d(x, offset, kernel, bias=None, stride=1, padding=0, dilation=1, mask=None,
@@ -62,20 +65,22 @@ def deform_conv2d(x, offset, kernel, bias=None, stride=1, padding=0, dilation=1,
     k = kh * kw
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
     offset_groups = offset.shape[-1] // (2 * k)
-    shape = tf.shape(offset)
-    b, ho, wo = shape[0], shape[1], shape[2]
-    # base sampling positions (Ho, K) and (Wo, K) of tap k = i * kw + j
+    b, ho, wo, _ = dims(offset)
+    # base sampling positions (Ho, K) and (Wo, K) of tap k = i * kw + j, repeated per offset group
     taps_i, taps_j = tf.meshgrid(tf.range(kh), tf.range(kw), indexing="ij")
-    base_y = (tf.range(ho)[:, None] * sh - ph + tf.reshape(taps_i, [1, k]) * dh)
-    base_x = (tf.range(wo)[:, None] * sw - pw + tf.reshape(taps_j, [1, k]) * dw)
-    off = tf.reshape(offset, [b, ho, wo, offset_groups, k, 2])
-    y = tf.cast(base_y, x.dtype)[None, :, None, None, :] + off[..., 0]
-    xs = tf.cast(base_x, x.dtype)[None, None, :, None, :] + off[..., 1]
-    cols = _sample(x, y, xs, offset_groups)                      # (B, Ho, Wo, K, G, Cg)
+    base_y = tf.tile(expand(tf.range(ho), 1) * sh - ph + tf.reshape(taps_i, [1, k]) * dh,
+                     [1, offset_groups])
+    base_x = tf.tile(expand(tf.range(wo), 1) * sw - pw + tf.reshape(taps_j, [1, k]) * dw,
+                     [1, offset_groups])
+    off = tf.reshape(offset, [b, ho, wo, offset_groups * k, 2])   # (dy, dx) per group and tap
+    y = expand(tf.cast(base_y, x.dtype), 0, 2) + off[..., 0]     # (1, Ho, 1, G*K)
+    xs = expand(tf.cast(base_x, x.dtype), 0, 0) + off[..., 1]    # (1, 1, Wo, G*K)
+    cols = _sample(x, tf.reshape(y, [b, -1, offset_groups * k]),
+                   tf.reshape(xs, [b, -1, offset_groups * k]), offset_groups, k)  # (B,P,K,G,Cg)
     if mask is not None:
-        m = tf.reshape(tf.convert_to_tensor(mask, x.dtype), [b, ho, wo, offset_groups, k])
-        cols = cols * tf.transpose(m, [0, 1, 2, 4, 3])[..., None]
-    cols = tf.reshape(cols, [b, ho, wo, k, groups, cin_g])      # channel g*Cg + c, conv groups
+        m = tf.reshape(tf.convert_to_tensor(mask, x.dtype), [b, -1, offset_groups, k])
+        cols = cols * expand(tf.transpose(m, [0, 1, 3, 2]), -1)
+    cols = tf.reshape(cols, [b, -1, k, groups, cin_g])   # channel g*Cg + c, in conv groups
     w = tf.reshape(tf.cast(kernel, x.dtype), [k, cin_g, groups, cout // groups])
-    out = tf.reshape(tf.einsum("bhwkgc,kcgo->bhwgo", cols, w), [b, ho, wo, cout])
+    out = tf.reshape(tf.einsum("bpkgc,kcgo->bpgo", cols, w), [b, ho, wo, cout])
     return out if bias is None else out + tf.cast(bias, x.dtype)

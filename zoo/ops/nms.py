@@ -8,8 +8,11 @@ this does:
 - candidates are visited in descending score order of a *stable* sort: equal scores keep their
   input order (checked against torchvision with ties: the lower index wins);
 - box j is suppressed by an earlier kept box i when IoU(i, j) > iou_threshold, the IoU computed
-  as inter / (area_i + area_j - inter) with inter = max(0, w) * max(0, h), in the boxes' dtype,
-  and the comparison made in float64 (torch compares the float IoU with a C++ double);
+  as inter / (area_i + area_j - inter) with inter = max(0, w) * max(0, h), in the boxes' dtype;
+  torch compares that float IoU with the threshold as a C++ double. Here the threshold is rounded
+  *down* to the boxes' dtype (float32(0.3) rounds up, past 0.3): for a float32 IoU v,
+  v > 0.3 (double) exactly when v > round_down(0.3), so the result is the same without a float64
+  comparison (which TFLite's builtin ops cannot run);
 - the result is the kept indices (int64) in visiting order, i.e. by descending score.
 
 batched_nms follows torchvision's two code paths, which can differ in the last bit: up to 1000
@@ -23,6 +26,7 @@ The greedy pass is a tf.while_loop whose iterations are the kept boxes (each ste
 still-alive box and kills the alive boxes it overlaps), so it runs inside tf.function and
 SavedModel with any number of boxes, with O(N) memory.
 """
+import numpy as np
 import tensorflow as tf
 
 # torchvision.ops.boxes.batched_nms switches from the coordinate trick to per-class nms above
@@ -34,7 +38,16 @@ def _greedy(boxes, scores, groups, iou_threshold):
     """Indices kept by greedy NMS, only boxes of the same group suppressing each other."""
     boxes = tf.convert_to_tensor(boxes)
     return _greedy_graph(boxes, tf.convert_to_tensor(scores, boxes.dtype),
-                         tf.convert_to_tensor(groups), tf.constant(iou_threshold, tf.float64))
+                         tf.convert_to_tensor(groups), _threshold(iou_threshold, boxes.dtype))
+
+
+def _threshold(value, dtype):
+    """The largest number of `dtype` <= the (Python float) threshold: `iou > it` in that dtype is
+    torch's `iou > threshold` in double (module docstring)."""
+    t = np.asarray(value, dtype.as_numpy_dtype)
+    if float(t) > float(value):
+        t = np.nextafter(t, -np.inf)
+    return tf.constant(t, dtype)
 
 
 # A graph even when called eagerly: an eager tf.while_loop runs its body op by op from Python
@@ -55,7 +68,7 @@ def _greedy_graph(boxes, scores, groups, threshold):
         h = tf.maximum(zero, tf.minimum(y2[i], y2) - tf.maximum(y1[i], y1))
         inter = w * h
         iou = inter / (areas[i] + areas - inter)
-        killed = (tf.cast(iou, tf.float64) > threshold) & tf.equal(groups, groups[i])
+        killed = (iou > threshold) & tf.equal(groups, groups[i])
         return alive & ~killed & tf.not_equal(positions, i), kept | tf.equal(positions, i)
 
     alive = tf.ones([n], tf.bool)
@@ -79,7 +92,7 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
         # As torchvision: one nms over boxes shifted apart per class; the shift's rounding is part
         # of the result (a tie broken differently by it would differ from per-class nms).
         offsets = tf.cast(idxs, boxes.dtype) * (tf.reduce_max(boxes) + tf.ones((), boxes.dtype))
-        return nms(boxes + offsets[:, None], scores, iou_threshold)
+        return nms(boxes + tf.expand_dims(offsets, 1), scores, iou_threshold)
 
     def per_class():
         return _greedy(boxes, scores, idxs, iou_threshold)

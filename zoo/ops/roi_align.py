@@ -14,6 +14,8 @@ per-box grid (samples beyond a box's own grid are masked), so memory is K * bins
 """
 import tensorflow as tf
 
+from zoo.ops._shapes import expand
+
 
 def _pair(size):
     return tuple(size) if isinstance(size, (tuple, list)) else (size, size)
@@ -32,11 +34,11 @@ def _axis(start, bin_size, grid, index, size, pooled):
     """Sample coordinates along one axis for sample `index` of each bin: (K, pooled) low/high taps,
     their weights and the in-range mask, following torch's pre_calc_for_bilinear_interpolate."""
     dtype = start.dtype
-    p = tf.cast(tf.range(pooled), dtype)[None, :]
-    grid_f = tf.cast(grid, dtype)[:, None]
+    p = expand(tf.cast(tf.range(pooled), dtype), 0)
+    grid_f = expand(tf.cast(grid, dtype), 1)
     # torch: start + p * bin + (index + .5) * bin / grid, evaluated left to right
-    c = (start[:, None] + p * bin_size[:, None]
-         + (tf.cast(index, dtype) + 0.5) * bin_size[:, None] / grid_f)
+    bin_col = expand(bin_size, 1)
+    c = expand(start, 1) + p * bin_col + (tf.cast(index, dtype) + 0.5) * bin_col / grid_f
     size_f = tf.cast(size, dtype)
     inside = (c >= -1.0) & (c <= size_f)
     c = tf.maximum(c, 0.0)
@@ -79,25 +81,24 @@ def _roi_align(x, rois, ph, pw, spatial_scale, sampling_ratio, aligned):
     else:
         grid_h = tf.cast(tf.math.ceil(roi_h / ph), tf.int32)
         grid_w = tf.cast(tf.math.ceil(roi_w / pw), tf.int32)
-    count = tf.cast(tf.maximum(grid_h * grid_w, 1), dtype)[:, None, None, None]
+    count = expand(tf.cast(tf.maximum(grid_h * grid_w, 1), dtype), 1, 2, 3)
     max_h, max_w = _max0(grid_h), _max0(grid_w)
-    base = (batch * height * width)[:, None, None]
+    base = expand(batch * height * width, 1, 2)
 
     def step(s, total):
         iy, ix = s // max_w, s % max_w
         yl, yh, hy, ly, in_y = _axis(y1, bin_h, grid_h, iy, height, ph)
         xl, xh, hx, lx, in_x = _axis(x1, bin_w, grid_w, ix, width, pw)
         used = (iy < grid_h) & (ix < grid_w)   # samples past this box's own grid
-        mask = (in_y[:, :, None] & in_x[:, None, :] & used[:, None, None])[..., None]
-        rows_l, rows_h = base + yl[:, :, None] * width, base + yh[:, :, None] * width
+        mask = expand(expand(in_y, 2) & expand(in_x, 1) & expand(used, 1, 2), -1)
+        rows_l, rows_h = base + expand(yl, 2) * width, base + expand(yh, 2) * width
 
         def tap(rows, cols, w):
-            return w[..., None] * tf.gather(flat, rows + cols[:, None, :])
+            return expand(w, -1) * tf.gather(flat, rows + expand(cols, 1))
 
-        val = (tap(rows_l, xl, hy[:, :, None] * hx[:, None, :])
-               + tap(rows_l, xh, hy[:, :, None] * lx[:, None, :])
-               + tap(rows_h, xl, ly[:, :, None] * hx[:, None, :])
-               + tap(rows_h, xh, ly[:, :, None] * lx[:, None, :]))
+        hy, ly, hx, lx = expand(hy, 2), expand(ly, 2), expand(hx, 1), expand(lx, 1)
+        val = (tap(rows_l, xl, hy * hx) + tap(rows_l, xh, hy * lx)
+               + tap(rows_h, xl, ly * hx) + tap(rows_h, xh, ly * lx))
         return s + 1, total + tf.where(mask, val, tf.zeros_like(val))
 
     total = tf.zeros(tf.stack([tf.shape(rois)[0], ph, pw, channels]), dtype)

@@ -16,8 +16,9 @@ matrices built in NumPy from torch's formulas (static spatial sizes):
   support scaled by in/out when downsampling, taps inside the image only, weights normalised to
   sum 1, bicubic with A = -0.5 there (not -0.75). tf.image.resize(antialias=True) is this filter
   (ScaleAndTranslate with a triangle / Keys A = -0.5 kernel, scaled the same way): measured equal
-  within 5e-6 up and down (tests/test_ops_sampling.py), so it is used; with align_corners=True
-  (source scale (in - 1) / (out - 1)) weight matrices.
+  within 5e-6 up and down (tests/test_ops_sampling.py). It is used only for free spatial sizes:
+  TFLite cannot run ScaleAndTranslate, not even with SELECT_TF_OPS, while the weight matrices
+  (same filter, built from torch's formulas) are a matmul; align_corners=True: weight matrices.
 A scale_factor whose 1/scale_factor differs from in/out in float32 (e.g. 3 px * 0.7) is applied
 the way torch does (source positions from 1/scale_factor): weight matrices.
 
@@ -26,6 +27,8 @@ padding, align_corners both ways; grid (B, Ho, Wo, 2) holding (x, y) in [-1, 1] 
 """
 import numpy as np
 import tensorflow as tf
+
+from zoo.ops._shapes import expand
 
 _CUBIC_A = -0.75      # torch's upsample_bicubic2d (Keys' cubic, A = -0.75 as OpenCV)
 _CUBIC_A_AA = -0.5    # torch's antialiased bicubic follows PIL: A = -0.5
@@ -118,7 +121,9 @@ def interpolate(x, size=None, scale_factor=None, mode="bilinear", align_corners=
     else:
         factors = (None, None)
         out = tuple(size) if np.iterable(size) else (size, size)
-    if _tf_kernel_applies(mode, antialias, sizes, out, factors) and not (antialias and align_corners):
+    static = None not in sizes
+    if (_tf_kernel_applies(mode, antialias, sizes, out, factors)
+            and not (antialias and (align_corners or static))):
         if antialias:
             return tf.cast(tf.image.resize(x, out, method=mode, antialias=True), x.dtype)
         if mode == "nearest":
@@ -126,7 +131,7 @@ def interpolate(x, size=None, scale_factor=None, mode="bilinear", align_corners=
                                                     half_pixel_centers=False)
         return tf.cast(tf.raw_ops.ResizeBilinear(images=x, size=out, align_corners=align_corners,
                                                  half_pixel_centers=not align_corners), x.dtype)
-    if None in sizes:
+    if not static:
         raise ValueError(f"{mode} (antialias={antialias}) needs static spatial sizes")
     mh, mw = (tf.constant(_matrix(n, o, mode, align_corners, antialias, f), x.dtype)
               for n, o, f in zip(sizes, out, factors))
@@ -147,7 +152,7 @@ def _gather(flat, width, height, ix, iy):
     """Pixels of flat (B, H*W, C) at integer (ix, iy) of shape (B, P); zero outside the image."""
     inside = (ix >= 0) & (ix < width) & (iy >= 0) & (iy < height)
     index = tf.clip_by_value(iy, 0, height - 1) * width + tf.clip_by_value(ix, 0, width - 1)
-    return tf.gather(flat, index, batch_dims=1) * tf.cast(inside, flat.dtype)[..., None]
+    return tf.gather(flat, index, batch_dims=1) * expand(tf.cast(inside, flat.dtype), -1)
 
 
 def grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False):
@@ -169,7 +174,7 @@ def grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=Fa
         y = _gather(flat, w, h, tf.cast(tf.round(gx), tf.int32), tf.cast(tf.round(gy), tf.int32))
         return tf.reshape(y, out_shape)
     x0, y0 = tf.floor(gx), tf.floor(gy)
-    fx, fy = (gx - x0)[..., None], (gy - y0)[..., None]
+    fx, fy = expand(gx - x0, -1), expand(gy - y0, -1)
     x0, y0 = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
     y = ((1 - fx) * (1 - fy) * _gather(flat, w, h, x0, y0)
          + fx * (1 - fy) * _gather(flat, w, h, x0 + 1, y0)
