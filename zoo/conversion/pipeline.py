@@ -107,15 +107,21 @@ def prepare(name, weights="random", num_classes=None, in_chans=None, *, timings=
 def _refuse_fixed_size(name, size, in_chans):
     """An image input whose recipe fixes its height and width (weights laid out per patch
     position: BEiT's relative position bias, MLP-Mixer's token MLP) runs at that size only:
-    another --input-size is refused rather than silently validated at the fixed size."""
+    another --input-size is refused rather than silently validated at the fixed size. The
+    reason is the Keras builder's own refusal of that input shape, when it gives one."""
     variant, _ = get_variant(name)
     for spec in variant.input_specs(in_chans):
         hw = tuple(spec.shape[1:]) if spec.layout == "image" else ()
         if hw and None not in hw and hw != (size, size):
+            why = "the size its weights are laid out for"
+            try:
+                build(variant.builder, builder_kwargs(variant.builder, variant.builder_kwargs,
+                                                      input_shape=[size, size, spec.shape[0]]))
+            except ValueError as e:
+                why = str(e)
             raise InvalidArgumentError(
                 f"{name}: input_size {size} refused: recipe {variant.recipe.path.name} fixes input "
-                f"{spec.name!r} at {hw[0]}x{hw[1]}, the size its weights are laid out for (the "
-                f"recipe says why); convert it without input_size")
+                f"{spec.name!r} at {hw[0]}x{hw[1]} ({why}); convert it without input_size")
 
 
 def convert(name: str, weights="random", num_classes: int | None = None,
