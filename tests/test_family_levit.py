@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 import torch
+from fixed_size_models import assert_other_sizes_refused
 from torch import nn
 
 import zoo
@@ -186,10 +187,13 @@ def test_headless_features_and_keras_file(small, tmp_path):
 
 def test_other_input_sizes_are_refused():
     """The bias tables fix the token grid: another size fails when the model is built, saying
-    why (timm's own forward cannot run it either)."""
-    with pytest.raises(ValueError, match="attention biases are tables over the 14x14 token grid"):
-        levit(dims=[32, 48, 64], depths=[1, 1, 1], heads=[2, 3, 4], key_dim=8,
-              input_shape=(160, 160, 3))
+    why, and the conversion refuses it naming the recipe (timm's own forward cannot run it)."""
+    assert_other_sizes_refused(NAME, r"levit\.yaml",
+                               "attention biases are tables over the 14x14 token grid")
+
+
+def test_default_input_is_the_fixed_size():
+    assert zoo.create_model(NAME).input_shape == (None, 224, 224, 3)
 
 
 # ------------------------------------------------------------------ pitfalls

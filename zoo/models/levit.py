@@ -30,6 +30,7 @@ import keras
 
 from zoo.layers.levit import GridSubsample, LevitAttention
 from zoo.models.blocks import activation, application, conv2d, norm, stage_end
+from zoo.models.blocks_transformer import fixed_input_size
 
 STEM_STRIDE, KERNEL = 16, 3
 # LevitDownsample's fixed ratios (timm LevitStage), and its subsampling stride
@@ -111,6 +112,7 @@ def _top(distilled):
     return top
 
 
+@fixed_input_size   # input_shape defaults to (img_size, img_size, 3)
 @application("levit")
 def levit(inputs, dims, depths, heads, key_dim=16, img_size=224, attn_ratio=2.0, mlp_ratio=2.0,
           act="hard_swish", distilled=True):
