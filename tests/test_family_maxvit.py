@@ -320,11 +320,12 @@ def test_pitfall_derived_lookups_must_keep_their_values(small_timm):
     assert rel(_stages(other, x, [])[0], _stages(module, x, [])[0]) > 10 * TOL
 
 
-def test_small_torchvision_maxvit_with_the_recipe_rules():
-    """torchvision's maxvit_t runs at its built size only (224; 31M parameters): a 2-block
-    torchvision MaxVit at 64 px (partition 2) mapped by the same recipe's torchvision rules
-    (stem.0/1, MBconv.proj.1, conv_a/b/c, to_qkv, merge, the ((2p-1)^2, heads) table,
-    mlp_layer.1/3, classifier.2/3/5) equals it, logits and every block."""
+TV = "torchvision/maxvit_t"
+TV_SMALL = dict(depths=(1, 2), dims=(32, 64), stem_width=16)
+
+
+@pytest.fixture(scope="module")
+def small_torchvision():
     from torchvision.models.maxvit import MaxVit
 
     from zoo.conversion.sources import calibrate_norms_, perturb_
@@ -335,14 +336,40 @@ def test_small_torchvision_maxvit_with_the_recipe_rules():
                     stochastic_depth_prob=0.0, num_classes=10).eval()
     perturb_(module)   # relative_position_index is an integer buffer: never perturbed
     calibrate_norms_(module, SIZE, default_inputs())
-    name = "torchvision/maxvit_t"
-    model = _mapped_keras(name, module, depths=(1, 2), dims=(32, 64), stem_width=16)
+    return module, _mapped_keras(TV, module, **TV_SMALL)
+
+
+def test_small_torchvision_maxvit_with_the_recipe_rules(small_torchvision):
+    """torchvision's maxvit_t runs at its built size only (224; 31M parameters): a 2-block
+    torchvision MaxVit at 64 px (partition 2) mapped by the same recipe's torchvision rules
+    (stem.0/1, MBconv.proj.1, conv_a/b/c, to_qkv, merge, the ((2p-1)^2, heads) table,
+    mlp_layer.1/3, classifier.2/3/5) equals it, logits and every block."""
+    module, model = small_torchvision
     x = random_input(SIZE, SIZE, seed=12)
     ref, stages = _stages(module, x, ["stem", "blocks.0", "blocks.1"])
     logits, *feats = eager(model, x, ["stem", "stage1", "stage2"])
     assert rel(logits, ref) < TOL
     for got, want in zip(feats, stages):
         assert rel(got, want) < TOL
+
+
+def test_pitfall_torchvision_batchnorm_momentum_and_strided_shortcut(small_torchvision):
+    """torchvision's BNs use momentum 0.01 (timm's 0.1; Keras wants 1 - momentum), which only
+    fine-tuning would notice: the engine refuses the timm value, naming every BN. Its strided
+    shortcut average-pools 3x3 with padding 1 (counted), not timm's 2x2: another function."""
+    import zoo
+
+    module, _model = small_torchvision
+    with pytest.raises(zoo.MappingError) as e:
+        plan_for(TV, module, build(TV, **{**TV_SMALL, "window": WINDOW, "classes": 10,
+                                          "bn_momentum": 0.1}))
+    bns = [n for n, m in module.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert f"{len(bns)} problem(s)" in str(e.value) and "momentum" in str(e.value)
+    assert "'stem.0.1' -> keras layer 'stem_norm1'" in str(e.value)
+    x = random_input(SIZE, SIZE, seed=15)
+    ref, _ = _stages(module, x, [])
+    avg2 = _mapped_keras(TV, module, **TV_SMALL, shortcut_pool=2)
+    assert rel(eager(avg2, x)[0], ref) > 1e-2
 
 
 # ------------------------------------------------------------------ serialisation
