@@ -321,3 +321,31 @@ def test_feature_layout_is_checked(tmp_path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(zoo.RecipeError, match="feature_layout: expected one of"):
         load_recipe(path)
+
+
+def test_perturbation_leaves_the_derived_tensors_the_recipe_ignores():
+    """Validation perturbs every float tensor except those the recipe ignores: torchvision V2's
+    saved coordinate table and timm V2's zero key-bias buffer keep the values the source
+    derives (perturbed, torch would run another architecture than the Keras rebuild)."""
+    from timm.models.swin_transformer_v2 import WindowAttention as TimmV2Attention
+    from torchvision.models.swin_transformer import ShiftedWindowAttentionV2
+
+    from helpers import ROOT
+    from zoo.conversion.sources import perturb_
+    from zoo.recipe import load_recipe
+
+    ignore = load_recipe(ROOT / "recipes" / "swin.yaml").ignore
+    tv, tm = ShiftedWindowAttentionV2(DIM, [4, 4], [0, 0], HEADS), TimmV2Attention(DIM, (4, 4), HEADS)
+    for module in (tv, tm):
+        # named as in a model (`<block>.attn.<tensor>`), which the recipe's patterns expect
+        wrapped = torch.nn.ModuleDict({"block": torch.nn.ModuleDict({"attn": module})})
+        before = {k: v.clone() for k, v in [*wrapped.named_parameters(), *wrapped.named_buffers()]}
+        perturb_(wrapped, ignore=ignore)
+        after = dict(wrapped.named_buffers())
+        for name in ("block.attn.relative_coords_table", "block.attn.k_bias"):
+            if name in after:
+                assert torch.equal(after[name], before[name]), name
+        assert not torch.equal(module.logit_scale, before["block.attn.logit_scale"])
+    assert not tm.k_bias.any()
+    np.testing.assert_allclose(tv.relative_coords_table[0].numpy(), relative_coords_table(4),
+                               atol=1e-6)
