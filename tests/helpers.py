@@ -308,3 +308,28 @@ def user_recipes_env(tmp_path, variants, module_name, module_source):
     (tmp_path / f"{module_name}.py").write_text(module_source)
     return {"ZOO_RECIPE_PATH": str(d),
             "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+
+
+def perturbed_params(module, seed=0, scale=0.3):
+    """The torch module in eval mode with every parameter drawn afresh (N(0, scale²), fixed
+    seed); buffers stay as the module derived them. For module-level parity tests."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.from_numpy(rng.standard_normal(tuple(p.shape)).astype(np.float32) * scale))
+    return module.eval()
+
+
+def assign_leaves(layer, tensors, transform="linear"):
+    """Assign torch `tensors` ({leaf: tensor}) to the Keras `layer`'s variables with the leaf
+    functions of `transform`, as the mapping engine applies them."""
+    from zoo.transforms import TRANSFORMS
+
+    t = TRANSFORMS[transform]
+    kvars = {v.path.rsplit("/", 1)[-1]: v for v in layer.weights}
+    for leaf, tensor in tensors.items():
+        kname, fn = t.leaf(leaf)
+        kvars[kname].assign(fn(tensor.detach().numpy(), target_shape=tuple(kvars[kname].shape)))

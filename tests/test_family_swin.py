@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import build, plan_for, random_input, rel
+from helpers import assign_leaves, build, perturbed_params, plan_for, random_input, rel
 from zoo.conversion.mapping import apply_plan
 from zoo.layers.window_attention import (
     KeyBiasFreeDense,
@@ -26,28 +26,9 @@ from zoo.layers.window_attention import (
     relative_coords_table,
     relative_position_index,
 )
-from zoo.transforms import TRANSFORMS
 
 TOL = 1e-5   # one attention or one small model in float32: rounding only
 DIM, HEADS = 16, 2
-
-
-def _perturbed(module, seed=0):
-    """Every parameter drawn afresh (not the buffers: they are derived, as in the pipeline)."""
-    rng = np.random.default_rng(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.from_numpy(rng.standard_normal(tuple(p.shape)).astype(np.float32) * 0.3))
-    return module.eval()
-
-
-def _assign(layer, tensors, transform="linear"):
-    """A transform's leaf functions, as the mapping engine applies them."""
-    t = TRANSFORMS[transform]
-    kvars = {v.path.rsplit("/", 1)[-1]: v for v in layer.weights}
-    for leaf, tensor in tensors.items():
-        kname, fn = t.leaf(leaf)
-        kvars[kname].assign(fn(tensor.detach().numpy(), target_shape=tuple(kvars[kname].shape)))
 
 
 def _keras_attention(window, shift, order, v2=False, dense=keras.layers.Dense):
@@ -109,12 +90,12 @@ def test_window_attention_matches_timm(size, shift):
     WindowPartition -> Dense -> WindowAttention -> Dense -> WindowMerge, order roll_pad."""
     from timm.models.swin_transformer import SwinTransformerBlock
 
-    block = _perturbed(SwinTransformerBlock(DIM, input_resolution=(16, 16), num_heads=HEADS,
+    block = perturbed_params(SwinTransformerBlock(DIM, input_resolution=(16, 16), num_heads=HEADS,
                                             window_size=4, shift_size=shift, dynamic_mask=True))
     model, qkv, attn, proj = _keras_attention(4, shift, "roll_pad")
-    _assign(qkv, dict(block.attn.qkv.named_parameters()))
-    _assign(proj, dict(block.attn.proj.named_parameters()))
-    _assign(attn, {"relative_position_bias_table": block.attn.relative_position_bias_table},
+    assign_leaves(qkv, dict(block.attn.qkv.named_parameters()))
+    assign_leaves(proj, dict(block.attn.proj.named_parameters()))
+    assign_leaves(attn, {"relative_position_bias_table": block.attn.relative_position_bias_table},
             "identity")
     x = _map((2, *size, DIM))
     assert rel(model(x), _torch(block._attn, x)) < TOL
@@ -129,17 +110,17 @@ def test_window_attention_matches_torchvision(size, v2):
     from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
 
     cls = ShiftedWindowAttentionV2 if v2 else ShiftedWindowAttention
-    tm = _perturbed(cls(DIM, [4, 4], [2, 2], HEADS), seed=2)
+    tm = perturbed_params(cls(DIM, [4, 4], [2, 2], HEADS), seed=2)
     model, qkv, attn, proj = _keras_attention(4, 2, "pad_roll", v2,
                                               KeyBiasFreeDense if v2 else keras.layers.Dense)
-    _assign(qkv, dict(tm.qkv.named_parameters()))
-    _assign(proj, dict(tm.proj.named_parameters()))
+    assign_leaves(qkv, dict(tm.qkv.named_parameters()))
+    assign_leaves(proj, dict(tm.proj.named_parameters()))
     if v2:
-        _assign(attn, {"logit_scale": tm.logit_scale}, "identity")
+        assign_leaves(attn, {"logit_scale": tm.logit_scale}, "identity")
         for i in (0, 2):
-            _assign(getattr(attn, f"cpb_mlp_{i}"), dict(tm.cpb_mlp[i].named_parameters()))
+            assign_leaves(getattr(attn, f"cpb_mlp_{i}"), dict(tm.cpb_mlp[i].named_parameters()))
     else:
-        _assign(attn, {"relative_position_bias_table": tm.relative_position_bias_table},
+        assign_leaves(attn, {"relative_position_bias_table": tm.relative_position_bias_table},
                 "identity")
     x = _map((2, *size, DIM))
     assert rel(model(x), _torch(tm, x)) < TOL
@@ -177,7 +158,7 @@ def test_small_model_with_the_recipe_rules(name, make, stages, size):
     maps (NHWC on both sides), on a map that needs padding and odd merging. timm's stage 2 grid
     (4 at img_size 32) fits one window: timm drops its shift when the model is built. V2: timm's
     separate q_bias / v_bias (its zero key bias a buffer), torchvision's fused bias."""
-    module = _perturbed(make(), seed=3)
+    module = perturbed_params(make(), seed=3)
     model = build(name, depths=[2, 2], heads=[2, 2], dim=DIM, window=4, img_size=32, classes=10)
     plan = plan_for(name, module, model)
     apply_plan(model, plan)
@@ -203,16 +184,16 @@ def test_pitfall_shift_then_pad_or_pad_then_shift():
     order matches its own source and is > 1e-2 off the other."""
     from timm.models.swin_transformer import SwinTransformerBlock
 
-    block = _perturbed(SwinTransformerBlock(DIM, input_resolution=(16, 16), num_heads=HEADS,
+    block = perturbed_params(SwinTransformerBlock(DIM, input_resolution=(16, 16), num_heads=HEADS,
                                             window_size=4, shift_size=2, dynamic_mask=True), 5)
     x = _map((2, 9, 11, DIM))
     ref = _torch(block._attn, x)
     got = {}
     for order in ("roll_pad", "pad_roll"):
         model, qkv, attn, proj = _keras_attention(4, 2, order)
-        _assign(qkv, dict(block.attn.qkv.named_parameters()))
-        _assign(proj, dict(block.attn.proj.named_parameters()))
-        _assign(attn, {"relative_position_bias_table": block.attn.relative_position_bias_table},
+        assign_leaves(qkv, dict(block.attn.qkv.named_parameters()))
+        assign_leaves(proj, dict(block.attn.proj.named_parameters()))
+        assign_leaves(attn, {"relative_position_bias_table": block.attn.relative_position_bias_table},
                 "identity")
         got[order] = np.asarray(model(x))
     assert rel(got["roll_pad"], ref) < TOL
@@ -244,18 +225,18 @@ def test_pitfall_v2_key_bias_is_zeroed_in_every_forward():
     KeyBiasFreeDense the builder uses is not."""
     from torchvision.models.swin_transformer import ShiftedWindowAttentionV2
 
-    tm = _perturbed(ShiftedWindowAttentionV2(DIM, [4, 4], [2, 2], HEADS), seed=6)
+    tm = perturbed_params(ShiftedWindowAttentionV2(DIM, [4, 4], [2, 2], HEADS), seed=6)
     assert float(tm.qkv.bias.detach()[DIM:2 * DIM].abs().max()) > 0.1   # stored, non-zero
     x = _map((2, 8, 8, DIM))
     ref = _torch(tm, x)
     errors = {}
     for dense in (KeyBiasFreeDense, keras.layers.Dense):
         model, qkv, attn, proj = _keras_attention(4, 2, "pad_roll", True, dense)
-        _assign(qkv, dict(tm.qkv.named_parameters()))
-        _assign(proj, dict(tm.proj.named_parameters()))
-        _assign(attn, {"logit_scale": tm.logit_scale}, "identity")
+        assign_leaves(qkv, dict(tm.qkv.named_parameters()))
+        assign_leaves(proj, dict(tm.proj.named_parameters()))
+        assign_leaves(attn, {"logit_scale": tm.logit_scale}, "identity")
         for i in (0, 2):
-            _assign(getattr(attn, f"cpb_mlp_{i}"), dict(tm.cpb_mlp[i].named_parameters()))
+            assign_leaves(getattr(attn, f"cpb_mlp_{i}"), dict(tm.cpb_mlp[i].named_parameters()))
         errors[dense.__name__] = rel(model(x), ref)
     assert errors["KeyBiasFreeDense"] < TOL
     assert errors["Dense"] > 1e-2, errors
@@ -266,12 +247,12 @@ def test_pitfall_v2_logit_scale_is_clamped_at_log_100():
     log(100) in torch; the Keras layer clamps likewise (unclamped, the logits would be 10x)."""
     from torchvision.models.swin_transformer import ShiftedWindowAttentionV2
 
-    tm = _perturbed(ShiftedWindowAttentionV2(DIM, [4, 4], [0, 0], HEADS), seed=7)
+    tm = perturbed_params(ShiftedWindowAttentionV2(DIM, [4, 4], [0, 0], HEADS), seed=7)
     model, qkv, attn, proj = _keras_attention(4, 0, "pad_roll", True, KeyBiasFreeDense)
-    _assign(qkv, dict(tm.qkv.named_parameters()))
-    _assign(proj, dict(tm.proj.named_parameters()))
+    assign_leaves(qkv, dict(tm.qkv.named_parameters()))
+    assign_leaves(proj, dict(tm.proj.named_parameters()))
     for i in (0, 2):
-        _assign(getattr(attn, f"cpb_mlp_{i}"), dict(tm.cpb_mlp[i].named_parameters()))
+        assign_leaves(getattr(attn, f"cpb_mlp_{i}"), dict(tm.cpb_mlp[i].named_parameters()))
     x = _map((2, 8, 8, DIM))
     out = {}
     for log_scale in (math.log(1000.0), math.log(100.0), math.log(20.0)):
