@@ -22,10 +22,12 @@ def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
-def _sample(x, y, xs, offset_groups, taps):
+def _sample(x, y, xs, mask, offset_groups, taps):
     """Zero-padded bilinear samples of x (B, H, W, C) at float pixel coordinates y, xs of shape
-    (B, P, G * K) (P output pixels, tap k of offset group g at g * K + k) -> (B, P, K, G, C // G).
-    No tensor has more than 5 axes: TFLite's strided slice and transpose stop there."""
+    (B, P, G * K) (P output pixels, tap k of offset group g at g * K + k), times `mask` of that
+    shape unless None -> (B, P, K, G, C // G). No tensor has more than 5 axes: TFLite's strided
+    slice and transpose stop there. The mask is applied here, in the samples' (B, G, P*K) layout:
+    a transposed mask multiplied after the final transpose made tf2onnx emit a wrong Reshape."""
     b, h, w, c = dims(x)
     g, k = offset_groups, taps
     # (B, G, H*W, Cg): each offset group gathers from its own channels
@@ -47,6 +49,8 @@ def _sample(x, y, xs, offset_groups, taps):
 
     val = (tap(y0, x0, (1 - ly) * (1 - lx)) + tap(y0, x0 + 1, (1 - ly) * lx)
            + tap(y0 + 1, x0, ly * (1 - lx)) + tap(y0 + 1, x0 + 1, ly * lx))
+    if mask is not None:   # torch: the interpolated value times the mask
+        val = val * expand(per_group(mask), -1)
     # (B, G, P*K, Cg) -> (B, G, P, K, Cg) -> (B, P, K, G, Cg)
     return tf.transpose(tf.reshape(val, [b, g, -1, k, c // g]), [0, 2, 3, 1, 4])
 
@@ -75,11 +79,10 @@ def deform_conv2d(x, offset, kernel, bias=None, stride=1, padding=0, dilation=1,
     off = tf.reshape(offset, [b, ho, wo, offset_groups * k, 2])   # (dy, dx) per group and tap
     y = expand(tf.cast(base_y, x.dtype), 0, 2) + off[..., 0]     # (1, Ho, 1, G*K)
     xs = expand(tf.cast(base_x, x.dtype), 0, 0) + off[..., 1]    # (1, 1, Wo, G*K)
-    cols = _sample(x, tf.reshape(y, [b, -1, offset_groups * k]),
-                   tf.reshape(xs, [b, -1, offset_groups * k]), offset_groups, k)  # (B,P,K,G,Cg)
+    flat = [b, -1, offset_groups * k]
     if mask is not None:
-        m = tf.reshape(tf.convert_to_tensor(mask, x.dtype), [b, -1, offset_groups, k])
-        cols = cols * expand(tf.transpose(m, [0, 1, 3, 2]), -1)
+        mask = tf.reshape(tf.convert_to_tensor(mask, x.dtype), flat)
+    cols = _sample(x, tf.reshape(y, flat), tf.reshape(xs, flat), mask, offset_groups, k)
     cols = tf.reshape(cols, [b, -1, k, groups, cin_g])   # channel g*Cg + c, in conv groups
     w = tf.reshape(tf.cast(kernel, x.dtype), [k, cin_g, groups, cout // groups])
     out = tf.reshape(tf.einsum("bpkgc,kcgo->bpgo", cols, w), [b, ho, wo, cout])
