@@ -6,6 +6,7 @@ import numpy as np
 from keras import ops
 
 from zoo.layers.attention import fused_attention
+from zoo.layers.grouping import add_weight
 
 
 def relative_position_index(grid) -> np.ndarray:
@@ -39,13 +40,16 @@ class RelPosAttention(keras.layers.Layer):
     `relative_position_index(grid)` into a (heads, N, N) bias added to the attention logits.
 
     `grid` is the patch grid the table is laid out for; the layer runs on that grid only, as
-    timm's Beit does (other sizes need a rebuilt model and a resized table).
+    timm's Beit does (other sizes need a rebuilt model and a resized table). `group`: file the
+    variables under that layer's path (the output projection's, whose output is timm's `attn`
+    output; zoo.layers.grouping).
     """
 
-    def __init__(self, num_heads, grid, **kwargs):
+    def __init__(self, num_heads, grid, group=None, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = int(num_heads)
         self.grid = tuple(int(g) for g in grid)
+        self.group = group
         self._index = relative_position_index(self.grid).reshape(-1)
 
     def build(self, input_shape):
@@ -59,12 +63,11 @@ class RelPosAttention(keras.layers.Layer):
                 f"rebuilds the model for another img_size and resizes the table "
                 f"(resize_rel_pos_bias_table), which this layer does not do")
         zeros = keras.initializers.Zeros()
-        self.q_bias = self.add_weight(name="q_bias", shape=(dim,), initializer=zeros)
-        self.v_bias = self.add_weight(name="v_bias", shape=(dim,), initializer=zeros)
+        self.q_bias = add_weight(self, self.group, "q_bias", (dim,), zeros)
+        self.v_bias = add_weight(self, self.group, "v_bias", (dim,), zeros)
         h, w = self.grid
-        self.table = self.add_weight(name="relative_position_bias_table",
-                                     shape=((2 * h - 1) * (2 * w - 1) + 3, self.num_heads),
-                                     initializer=zeros)
+        self.table = add_weight(self, self.group, "relative_position_bias_table",
+                                ((2 * h - 1) * (2 * w - 1) + 3, self.num_heads), zeros)
 
     def position_bias(self):
         """(1, heads, N, N): the table gathered by the index, timm's `_get_rel_pos_bias()`."""
@@ -80,4 +83,5 @@ class RelPosAttention(keras.layers.Layer):
         return (*input_shape[:-1], input_shape[-1] // 3)
 
     def get_config(self):
-        return {**super().get_config(), "num_heads": self.num_heads, "grid": list(self.grid)}
+        return {**super().get_config(), "num_heads": self.num_heads, "grid": list(self.grid),
+                "group": self.group}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from zoo.layers.grouping import add_weight
+
 
 @keras.saving.register_keras_serializable(package="zoo")
 class ClassToken(keras.layers.Layer):
@@ -33,10 +35,9 @@ class ScaledResidual(keras.layers.Layer):
     `gamma_2`, initialised to `init_value`).
 
     timm keeps both scales of a block on the block module itself (`blocks.<i>.gamma_1`,
-    `.gamma_2`), so one mapping rule (module `blocks.<i>`, `identity`) must find both under one
-    Keras layer path. The two residual adds are separate layers, so each files its variable under
-    `group` (the block's name: its FeatureStage, whose output is that module's output) instead of
-    its own name: the variable paths are `<group>/gamma_1` and `<group>/gamma_2`.
+    `.gamma_2`): the two residual adds file their variables under `group` (the block's
+    FeatureStage, whose output is that module's output), `<group>/gamma_1` and `<group>/gamma_2`,
+    so one rule maps both (zoo.layers.grouping).
     """
 
     def __init__(self, init_value, variable="gamma", group=None, **kwargs):
@@ -46,15 +47,8 @@ class ScaledResidual(keras.layers.Layer):
         self.group = group
 
     def build(self, input_shape):
-        shape, init = (input_shape[0][-1],), keras.initializers.Constant(self.init_value)
-        if self.group is None:
-            self.gamma = self.add_weight(name=self.variable, shape=shape, initializer=init)
-            return
-        # add_weight would open this layer's own name scope: create the variable in the group's
-        # (override_parent="": an absolute path); assigning it to the layer tracks it
-        with keras.name_scope(self.group, override_parent=""):
-            self.gamma = keras.Variable(init, shape=shape, dtype=self.variable_dtype,
-                                        name=self.variable)
+        self.gamma = add_weight(self, self.group, self.variable, (input_shape[0][-1],),
+                                keras.initializers.Constant(self.init_value))
 
     def call(self, inputs):
         x, y = inputs

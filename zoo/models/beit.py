@@ -12,9 +12,11 @@ of `img_size` (timm's pretrained_cfg says fixed_input_size; timm resizes the tab
 builds a new model for another img_size). Every block output is a feature stage (`block<i>`,
 tokens (B, 1 + h*w, C), reduction = patch size, timm's `feature_info` for `blocks.<i>`).
 
-Layer names: `patch_embed`, `embed`, `block<i>_{norm1, attn_qkv, attn_attn, attn_proj, add1, norm2,
-mlp_fc1, mlp_act, mlp_fc2, add2}`, `block<i>` (which also holds gamma_1 and gamma_2, see
-ScaledResidual), `pool`, `fc_norm`, `predictions`.
+Layer names: `patch_embed`, `embed`, `block<i>_{norm1, attn_qkv, attn_attn, attn_proj, add1,
+norm2, mlp_fc1, mlp_act, mlp_fc2, add2}`, `block<i>`, `pool`, `fc_norm`, `predictions`. Variable
+paths follow timm's modules (zoo.layers.grouping): `block<i>/gamma_{1,2}` (timm `blocks.<i>`)
+and `block<i>_attn_proj/{q_bias, v_bias, relative_position_bias_table}` (timm
+`blocks.<i>.attn`), next to the proj Dense's own kernel and bias.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ def beit_block(x, heads, mlp_ratio, grid, *, name, eps=1e-6, ls_init=0.1):
     """timm Beit `Block`: x + gamma_1 * attn(norm1(x)); x + gamma_2 * mlp(norm2(x))."""
     p = f"{name}_"
     y = attention(layer_norm(x, eps, p + "norm1"), heads, p + "attn", qkv_bias=False,
-                  core=lambda n: RelPosAttention(heads, grid, name=n))
+                  core=lambda n: RelPosAttention(heads, grid, group=p + "attn_proj", name=n))
     x = _residual(x, y, ls_init, "gamma_1", name, p + "add1")
     y = mlp(layer_norm(x, eps, p + "norm2"), int(x.shape[-1] * mlp_ratio), p + "mlp")
     return _residual(x, y, ls_init, "gamma_2", name, p + "add2")
