@@ -20,6 +20,8 @@ import numpy as np
 # torchvision BoxCoder: weights of SSD's (dx, dy, dw, dh) and the clamp of dw, dh before exp()
 SSD_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 BBOX_XFORM_CLIP = math.log(1000.0 / 16)
+# torchvision's batched_nms runs per class above this many boxes (1000 boxes: 4000 numbers)
+_PER_CLASS_ABOVE = 1000
 
 
 def default_box_scales(num_maps, min_ratio, max_ratio):
@@ -77,6 +79,28 @@ def decode_boxes(rel_codes, anchors, weights=SSD_BOX_WEIGHTS, clip=BBOX_XFORM_CL
 
 
 @keras.saving.register_keras_serializable(package="zoo")
+class Resize(keras.layers.Layer):
+    """`F.interpolate(x, size, mode="bilinear", align_corners=False)` to a fixed (h, w) on NHWC
+    images, GeneralizedRCNNTransform's resize: TF's bilinear resize without antialiasing is that
+    function (zoo/layers/resize.py). Not keras.layers.Resizing: a model holding one runs its
+    BatchNorms in training mode when called without `training=False` (Keras 3.15), which
+    silently changed every output."""
+
+    def __init__(self, size, **kwargs):
+        super().__init__(**kwargs)
+        self.size = tuple(int(v) for v in size)
+
+    def call(self, x):
+        return keras.ops.image.resize(x, self.size, interpolation="bilinear", antialias=False)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.size, input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "size": list(self.size)}
+
+
+@keras.saving.register_keras_serializable(package="zoo")
 class SSDDetections(keras.layers.Layer):
     """SSD.postprocess_detections + GeneralizedRCNNTransform.postprocess, for a batch.
 
@@ -99,13 +123,38 @@ class SSDDetections(keras.layers.Layer):
         self.score_thresh, self.nms_thresh = float(score_thresh), float(nms_thresh)
         self.detections_per_img = int(detections_per_img)
         self.topk_candidates = int(topk_candidates)
+        self._graph = None
         self.anchors = default_boxes(self.grid_sizes, self.image_size, self.aspect_ratios,
                                      self.min_ratio, self.max_ratio)
 
-    def _one_image(self, logits, regression, ratios):
+    def _first_kept(self, boxes, scores, labels):
+        """batched_nms(boxes, scores, labels)[:detections_per_img], from the fewest candidates
+        that decide it. Greedy NMS visits the candidates by descending score and a candidate's
+        fate depends only on those before it, so NMS over the m best candidates keeps exactly
+        the start of what NMS over all keeps; if that start already holds detections_per_img
+        boxes, the rest cannot change it. Up to 27,000 candidates (90 classes x 300) would
+        otherwise cost one loop iteration per kept box. m stays above torchvision's
+        per-class threshold (zoo/ops/nms.py), so both runs take the path torchvision takes on
+        the full set."""
         import tensorflow as tf
 
         from zoo.ops.nms import batched_nms
+
+        d = self.detections_per_img
+        m = max(4 * d, _PER_CLASS_ABOVE + 1)
+
+        def run(index):
+            return tf.gather(index, batched_nms(tf.gather(boxes, index), tf.gather(scores, index),
+                                                tf.gather(labels, index), self.nms_thresh))
+
+        order = tf.argsort(scores, direction="DESCENDING", stable=True)
+        if scores.shape[0] is not None and scores.shape[0] <= m:
+            return run(order)[:d]
+        start = run(order[:m])
+        return tf.cond(tf.shape(start)[0] >= d, lambda: start[:d], lambda: run(order)[:d])
+
+    def _one_image(self, logits, regression, ratios):
+        import tensorflow as tf
 
         scores = tf.nn.softmax(logits, axis=-1)
         h, w = self.image_size
@@ -123,8 +172,7 @@ class SSDDetections(keras.layers.Layer):
         labels = tf.broadcast_to(tf.range(1, tf.shape(scores)[1], dtype=tf.int64)[:, None],
                                  tf.shape(index, out_type=tf.int32))
         cand_labels = tf.boolean_mask(labels, valid)
-        keep = batched_nms(cand_boxes, cand_scores, cand_labels, self.nms_thresh)
-        keep = keep[:self.detections_per_img]
+        keep = self._first_kept(cand_boxes, cand_scores, cand_labels)
         pad = self.detections_per_img - tf.shape(keep)[0]
         return (tf.pad(tf.gather(cand_boxes, keep) * ratios, [[0, pad], [0, 0]]),
                 tf.pad(tf.gather(cand_scores, keep), [[0, pad]]),
@@ -133,7 +181,14 @@ class SSDDetections(keras.layers.Layer):
     def call(self, inputs):
         import tensorflow as tf
 
-        image, cls_logits, bbox_regression = inputs
+        # eagerly, the NMS loop would run op by op (tens of seconds per image): run it as a graph
+        if self._graph is None:
+            self._graph = tf.function(self._detect, reduce_retracing=True)
+        return self._graph(*inputs)
+
+    def _detect(self, image, cls_logits, bbox_regression):
+        import tensorflow as tf
+
         size = tf.cast(tf.shape(image)[1:3], tf.float32)
         # torchvision's resize_boxes: original size / network size per axis, in float32
         ratio_h, ratio_w = size[0] / self.image_size[0], size[1] / self.image_size[1]

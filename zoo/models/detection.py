@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import keras
 
-from zoo.layers.detection import SSDDetections
+from zoo.layers.detection import Resize, SSDDetections
 from zoo.models.blocks import Settings, conv2d, conv_norm_act, depthwise, norm
 from zoo.models.mobilenet import mobilenet_v3_features
 
@@ -67,7 +67,7 @@ def ssdlite320_mobilenet_v3_large(input_shape=None, classes=91, size=320,
     image = keras.Input(shape, name="image")
     x = keras.layers.Rescaling([1 / s for s in std], [-m / s for m, s in zip(mean, std)],
                                name="normalize")(image)
-    x = keras.layers.Resizing(size, size, interpolation="bilinear", name="resize")(x)
+    x = Resize((size, size), name="resize")(x)
     last = mobilenet_v3_features(x, "large", bn_eps, torch_bn_momentum, reduced_tail=True)
     taps = [keras.Model(image, last).get_layer(C4_TAP).output, last]
     cfg = Settings(bn_eps=bn_eps, bn_momentum=torch_bn_momentum, act="relu6")
