@@ -55,7 +55,9 @@ def _threshold(value, dtype):
 @tf.function(reduce_retracing=True)
 def _greedy_graph(boxes, scores, groups, threshold):
     order = tf.argsort(scores, direction="DESCENDING", stable=True)
-    x1, y1, x2, y2 = tf.unstack(tf.gather(boxes, order), num=4, axis=1)
+    sorted_boxes = tf.gather(boxes, order)
+    # column slices, not tf.unstack: TFLite's UNPACK refuses an empty box set
+    x1, y1, x2, y2 = (sorted_boxes[:, i] for i in range(4))
     groups = tf.gather(groups, order)
     areas = (x2 - x1) * (y2 - y1)
     n = tf.shape(order)[0]
@@ -87,20 +89,15 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
     """torchvision.ops.batched_nms: nms within each category of `idxs` (N,) only."""
     boxes = tf.convert_to_tensor(boxes)
     idxs = tf.convert_to_tensor(idxs)
-
-    def coordinate_trick():
-        # As torchvision: one nms over boxes shifted apart per class; the shift's rounding is part
-        # of the result (a tie broken differently by it would differ from per-class nms).
-        offsets = tf.cast(idxs, boxes.dtype) * (tf.reduce_max(boxes) + tf.ones((), boxes.dtype))
-        return nms(boxes + tf.expand_dims(offsets, 1), scores, iou_threshold)
-
-    def per_class():
-        return _greedy(boxes, scores, idxs, iou_threshold)
-
-    if boxes.shape[0] is not None:   # static size: pick the path now (no tf.cond in the graph)
-        if boxes.shape[0] == 0:
-            return tf.zeros([0], tf.int64)
-        return per_class() if boxes.shape[0] * 4 > _VANILLA_ABOVE else coordinate_trick()
-    n = tf.shape(boxes)[0]
-    return tf.cond(n * 4 > _VANILLA_ABOVE, per_class,
-                   lambda: tf.cond(n > 0, coordinate_trick, lambda: tf.zeros([0], tf.int64)))
+    if boxes.shape[0] == 0:
+        return tf.zeros([0], tf.int64)
+    # Both of torchvision's paths are one greedy pass: up to 1000 boxes over boxes shifted apart
+    # per class (the shift's rounding is part of torchvision's result), all in one group; above
+    # that over the original boxes, grouped by class. A select, not a tf.cond: TFLite's IF op
+    # cannot hand back an empty result.
+    vanilla = tf.shape(boxes)[0] * 4 > _VANILLA_ABOVE
+    offsets = tf.cast(idxs, boxes.dtype) * (tf.reduce_max(boxes) + tf.ones((), boxes.dtype))
+    shifted = boxes + tf.expand_dims(offsets, 1)
+    groups = tf.cast(idxs, tf.int32)
+    return _greedy(tf.where(vanilla, boxes, shifted), scores,
+                   tf.where(vanilla, groups, tf.zeros_like(groups)), iou_threshold)
