@@ -45,6 +45,21 @@ def test_tf_bilinear_resize_is_torch_interpolate(src, dst):
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
 
 
+def test_resize_keeps_free_sizes_in_a_saved_model(tmp_path):
+    """The target size is read at run time: one SavedModel serves any input size (a size fixed
+    at trace time, or keras.ops.image.resize's static size, fails to export or to run)."""
+    import tensorflow as tf
+
+    x, ref = keras.Input((None, None, 3)), keras.Input((None, None, 1))
+    keras.Model([x, ref], ResizeLike()([x, ref])).export(str(tmp_path), verbose=False)
+    served = tf.saved_model.load(str(tmp_path)).serve
+    for src, dst in [((5, 7), (11, 13)), ((1, 1), (4, 6))]:
+        a = np.random.default_rng(3).standard_normal((1, *src, 3)).astype(np.float32)
+        got = np.asarray(served([a, np.zeros((1, *dst, 1), np.float32)]))
+        want = _resize(a, dst, align_corners=False)[1]
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+
+
 def test_pitfall_align_corners_and_antialias_are_other_functions():
     """What a hand-written upsampling could get wrong: align_corners=True samples elsewhere, and
     antialiasing (tf.image.resize(antialias=True), torch's antialias=True) changes a downscale;

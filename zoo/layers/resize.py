@@ -15,10 +15,11 @@ class ResizeLike(keras.layers.Layer):
     """
 
     def call(self, inputs):
+        # TF itself: keras.ops.image.resize needs a static size
+        import tensorflow as tf
+
         x, ref = inputs
-        shape = keras.ops.shape(ref)
-        return keras.ops.image.resize(x, (shape[1], shape[2]), interpolation="bilinear",
-                                      antialias=False)
+        return tf.image.resize(x, tf.shape(ref)[1:3], method="bilinear", antialias=False)
 
     def compute_output_shape(self, input_shape):
         x, ref = input_shape
