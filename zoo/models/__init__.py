@@ -31,6 +31,7 @@ BUILDERS: dict[str, str] = {
     "mixer": "zoo.models.mixer:mixer",
     "ssdlite": "zoo.models.detection:ssdlite320_mobilenet_v3_large",
     "mobilevit": "zoo.models.mobilevit:mobilevit",
+    "levit": "zoo.models.levit:levit",
 }
 
 
