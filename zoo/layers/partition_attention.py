@@ -61,8 +61,13 @@ class Partition(keras.layers.Layer):
             x = ops.transpose(x, (0, 2, 4, 1, 3, 5))
         return ops.reshape(x, (b, h // p, w // p, p * p, c))
 
-    def compute_output_shape(self, input_shape):
+    def build(self, input_shape):
+        # here rather than in call(): Keras passes a build error on as it is (the message reaches
+        # a refused conversion), while one from call() comes wrapped in its call context
         _check_divisible(input_shape, self.size, self.name)
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
         b, h, w, c = input_shape
         p = self.size
         return (b, None if h is None else h // p, None if w is None else w // p, p * p, c)
