@@ -4,6 +4,11 @@ relative position bias over one window.
 
 Every op is a reshape / transpose / gather on whole tensors: no Python loop over windows or heads
 in `call`, so the backend sees one batched attention per layer.
+
+Swin's layers (zoo.layers.window_attention) are close but not the same: its partition shifts and
+pads and its merge needs the original map, its attention knows one table layout and the
+head_dim scale only. MaxViT needs no shift or padding, a grid mode, timm's TF table layout and
+torchvision's width scale; the relative position index is Swin's (`bias_index`).
 """
 from __future__ import annotations
 
