@@ -61,6 +61,8 @@ def catalogue_sources():
         elif kind == "torchvision":
             pre, *_ = sources._metadata(variant, tag, None, "random")
             t = sources._tv_weights_enum(variant, tag).transforms()
+            if not hasattr(t, "crop_size"):   # segmentation: resized without a crop, which the
+                continue                      # eval transform cannot express (docs/pitfalls.md)
             out.append((name, variant, pre, t, t.crop_size[0]))
     return out
 
