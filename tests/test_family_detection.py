@@ -181,3 +181,23 @@ def test_saved_model_keeps_a_varying_number_of_detections(detector, tmp_path):
     finally:
         module.score_thresh = default_thresh
     assert 0 < counts[0] < module.detections_per_img and counts[1] == 0, counts
+
+
+def test_unordered_metric_ignores_row_order_only():
+    """metric `unordered` (recipes/ssdlite.yaml's detections): the same rows in another order
+    agree exactly; one row moved, or one label changed, does not."""
+    from zoo.validate import compare
+
+    rng = np.random.default_rng(0)
+    boxes = rng.uniform(0, 320, (2, 50, 4))
+    labels = rng.integers(1, 91, (2, 50)).astype(np.float64)
+    perm = rng.permutation(50)
+    assert compare(boxes, boxes[:, perm], unordered=True)["max_rel"] == 0.0
+    assert compare(labels, labels[:, perm], unordered=True)["max_rel"] == 0.0
+    assert compare(boxes, boxes[:, perm])["max_rel"] > 0.1          # positionally they differ
+    moved = boxes[:, perm].copy()
+    moved[1, 7] += 5.0
+    assert compare(boxes, moved, unordered=True)["max_abs"] == pytest.approx(5.0)
+    relabelled = labels.copy()
+    relabelled[0, 3] = 91.0 if labels[0, 3] != 91 else 1.0
+    assert compare(labels, relabelled, unordered=True)["max_abs"] > 0

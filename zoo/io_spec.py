@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 LAYOUTS = ("image", "sequence", "tensor")   # torch NCHW->NHWC, NCL->NLC, as is
 GENERATORS = ("image", "audio", "tokens", "normal")
 DTYPES = ("float32", "int32", "int64")
-METRICS = ("classification", "regression")
+METRICS = ("classification", "regression", "unordered")
 _RANK = {"image": 3, "sequence": 2}        # axes without the batch axis
 BATCH = 4                                    # validation batch: two noise + two natural samples
 

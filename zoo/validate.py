@@ -13,12 +13,28 @@ from zoo.io_spec import DEFAULT_OUTPUTS, from_config
 GOLDEN = "golden.npz"
 
 
-def compare(ref: np.ndarray, out: np.ndarray, topk: bool = False) -> dict:
-    """max abs, max rel (max|d| / max|ref|), mean abs, min per-sample cosine, top-1/top-5 agreement."""
+def _unordered(ref: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ref, out) paired up regardless of the order of each sample's rows (metric `unordered`:
+    detections, whose order among equal scores is the implementation's). Rows of numbers: each
+    row with the nearest row (max abs) of the other side, both ways; single numbers: sorted."""
+    if ref.ndim == 2:
+        return np.sort(ref, 1), np.sort(out, 1)
+    r, o = ref.reshape(*ref.shape[:2], -1), out.reshape(*out.shape[:2], -1)
+    dist = np.abs(r[:, :, None] - o[:, None, :]).max(-1)          # (B, rows ref, rows out)
+    to_out = np.take_along_axis(o, dist.argmin(2)[..., None], 1)
+    to_ref = np.take_along_axis(r, dist.argmin(1)[..., None], 1)
+    return np.concatenate([r, to_ref], 1), np.concatenate([to_out, o], 1)
+
+
+def compare(ref: np.ndarray, out: np.ndarray, topk: bool = False, unordered: bool = False) -> dict:
+    """max abs, max rel (max|d| / max|ref|), mean abs, min per-sample cosine, top-1/top-5
+    agreement; unordered: each sample's rows compared as a set (`_unordered`)."""
     ref = np.asarray(ref, np.float64)
     out = np.asarray(out, np.float64)
     if ref.shape != out.shape:
         return {"error": f"shape {out.shape} != reference {ref.shape}", "max_rel": float("inf")}
+    if unordered and ref.ndim >= 2:
+        ref, out = _unordered(ref, out)
     finite = bool(np.isfinite(out).all())
     d = np.abs(ref - out)
     r = ref.reshape(len(ref), -1)
@@ -53,7 +69,7 @@ def compare_outputs(ref: dict, out: dict, tolerance: float, specs=DEFAULT_OUTPUT
                  "max_rel": float("inf")}
         else:
             m = compare(ref["outputs"][spec.name], out["outputs"][spec.name],
-                        topk=spec.metric == "classification")
+                        topk=spec.metric == "classification", unordered=spec.metric == "unordered")
         m["tolerance"] = tol
         result["outputs"][spec.name] = m
         bounds.append(m["max_rel"] / tol)

@@ -15,4 +15,5 @@ def diff_layers(name, weights="random", num_classes=None, in_chans=None, input_s
                                                 check_hparams=False)
     specs = variant.input_specs(in_chans)
     inputs = make_inputs(specs, input_size or variant.input_size, tm.preprocessing)
-    return layer_diff(tm, model, plan, inputs, variant.tolerance, specs)
+    return layer_diff(tm, model, plan, inputs, variant.tolerance, specs,
+                      layout=variant.recipe.feature_layout)

@@ -218,12 +218,14 @@ def _norm_output_module(module):
     return module
 
 
-def layer_diff(tm, model, plan, inputs, tolerance, in_specs=None) -> dict:
-    """Per-layer comparison in torch execution order; the first divergent layer and a diagnosis."""
+def layer_diff(tm, model, plan, inputs, tolerance, in_specs=None, layout=None) -> dict:
+    """Per-layer comparison in torch execution order; the first divergent layer and a diagnosis.
+    layout: the torch layout of the layer outputs when the recipe declares one
+    (`feature_layout`; Swin's maps are NHWC in torch)."""
     import keras
 
     inputs, in_specs = as_inputs(inputs, in_specs)
-    layout = feature_layout(in_specs)
+    layout = layout or feature_layout(in_specs)
     pairs = _pairs(plan)
     modules = dict(tm.module.named_modules())
     layers = {kname: model.get_layer(kname) for _, kname in pairs}
@@ -308,6 +310,10 @@ def format_diff(result: dict) -> str:
             else ("  " if r["ok"] else " !")
         torch_name = r["torch"] + (f" +{r['fused']['torch']}" if r.get("fused", {}).get("torch")
                                    else "")
+        if r["max_abs"] is None:   # not comparable (shapes differ): compare() gave no numbers
+            lines.append(f"{mark}{torch_name[:34]:34s} {r['keras'][:30]:30s} "
+                         f"{'shapes differ':>31s}")
+            continue
         lines.append(f"{mark}{torch_name[:34]:34s} {r['keras'][:30]:30s} {r['max_abs']:10.2e} "
                      f"{r['max_rel']:10.2e} {r['cosine']:9.6f}")
     if first is None:

@@ -177,7 +177,8 @@ def convert(name: str, weights="random", num_classes: int | None = None,
     }
     if not parity["in_memory"]["passed"]:
         report["status"] = "failed"
-        report["diff"] = diff = layer_diff(tm, model, plan, inputs, variant.tolerance, in_specs)
+        report["diff"] = diff = layer_diff(tm, model, plan, inputs, variant.tolerance, in_specs,
+                                           layout=variant.recipe.feature_layout)
         first = diff["first_divergent"]
         where = (f"; first divergent layer: torch {first['torch']!r} -> keras {first['keras']!r} "
                  f"(max rel {first['max_rel']:.2e}); likely: {'; '.join(first['diagnosis'])}"

@@ -59,10 +59,16 @@ def ssdlite320_mobilenet_v3_large(input_shape=None, classes=91, size=320,
                                   mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                                   score_thresh=0.001, nms_thresh=0.55, detections_per_img=300,
                                   topk_candidates=300, bn_eps=1e-3, torch_bn_momentum=0.03,
+                                  classifier_activation=None,
                                   name="ssdlite320_mobilenet_v3_large"):
     """The detector: image (B, H, W, 3) in [0, 1] -> {"boxes", "scores", "labels" (padded per
     image, zoo/layers/detection.py), "cls_logits", "bbox_regression"}. classes counts the
-    background (COCO: 91). The defaults are torchvision's for this model."""
+    background (COCO: 91). The defaults are torchvision's for this model. classifier_activation
+    (zoo.create_model's argument) can only be None: `scores` are already softmax probabilities
+    and `cls_logits` stay logits, as torchvision's."""
+    if classifier_activation is not None:
+        raise ValueError("the detector's scores are softmax probabilities already; "
+                         f"classifier_activation must be None, got {classifier_activation!r}")
     shape = tuple(input_shape) if input_shape is not None else (None, None, 3)
     image = keras.Input(shape, name="image")
     x = keras.layers.Rescaling([1 / s for s in std], [-m / s for m, s in zip(mean, std)],
