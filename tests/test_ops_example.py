@@ -23,12 +23,18 @@ def test_deformnet_converts_and_matches_torch(tmp_path):
     assert set(parity["in_memory"]["features"]) == {"stage1", "stage2"}
 
 
-def test_audit_names_the_compiled_op_and_zoos_implementation(tmp_path):
-    proc = run_script("audit.py", "python:deformnet_torch:deformnet", "--input-shape",
-                      "1,3,32,32", "--json", "-", env=ENV)
+def test_audit_names_the_compiled_op_and_zoos_implementation(monkeypatch):
+    # in-process (scripts/audit.py is tested as a command by tests/test_audit.py): the audit of
+    # the user's torch module
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    from deformnet_torch import deformnet
+
+    from zoo.conversion.audit import audit_module
+
+    result = audit_module(deformnet(), (1, 3, 32, 32))
     # the only compiled op has a zoo implementation: the audit no longer fails
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = {(r["kind"], r["name"]): r for r in json.loads(proc.stdout)["rows"]}
+    assert result["supported"], result["rows"]
+    rows = {(r["kind"], r["name"]): r for r in result["rows"]}
     op = rows[("op", "torchvision::deform_conv2d")]
     assert op["status"] == "custom op (C/C++ backend)"
     assert op["where"] == ["blocks.0.deform", "blocks.1.deform"]
