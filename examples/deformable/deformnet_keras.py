@@ -3,8 +3,15 @@ DeformConv2D layer takes the offset and mask computed by the model's own convs, 
 import keras
 
 from zoo.layers.deform_conv import DeformConv2D
-from zoo.models.blocks import (activation, application, cna_names, conv2d, conv_norm_act, norm,
-                               stage_end)
+from zoo.models.blocks import (
+    activation,
+    application,
+    cna_names,
+    conv2d,
+    conv_norm_act,
+    norm,
+    stage_end,
+)
 
 
 def _block(x, cout, stride, groups, offset_groups, name):
