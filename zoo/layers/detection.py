@@ -20,8 +20,6 @@ import numpy as np
 # torchvision BoxCoder: weights of SSD's (dx, dy, dw, dh) and the clamp of dw, dh before exp()
 SSD_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 BBOX_XFORM_CLIP = math.log(1000.0 / 16)
-# torchvision's batched_nms runs per class above this many boxes (1000 boxes: 4000 numbers)
-_PER_CLASS_ABOVE = 1000
 
 
 def default_box_scales(num_maps, min_ratio, max_ratio):
@@ -138,10 +136,10 @@ class SSDDetections(keras.layers.Layer):
         the full set."""
         import tensorflow as tf
 
-        from zoo.ops.nms import batched_nms
+        from zoo.ops.nms import _VANILLA_ABOVE, batched_nms
 
         d = self.detections_per_img
-        m = max(4 * d, _PER_CLASS_ABOVE + 1)
+        m = max(4 * d, _VANILLA_ABOVE // 4 + 1)   # more boxes than the coordinate trick takes
 
         def run(index):
             return tf.gather(index, batched_nms(tf.gather(boxes, index), tf.gather(scores, index),
