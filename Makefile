@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml
 convert: $(STAMP)
 	$(PY) scripts/convert_all.py $(ARGS)
 
+# Two pytest-xdist workers (conftest.py pins each to one thread); loadgroup keeps the tests of
+# one catalogue configuration in one worker.
 test: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadgroup $(ARGS)
 
 validate: $(STAMP)
 	$(PY) scripts/validate_all.py $(ARGS)

@@ -162,6 +162,24 @@ def mapped(name, float64=False, **builder_overrides):
     return (module.double() if float64 else module), model
 
 
+def assert_layernorm_eps_refused(name, source_eps, wrong_eps, first, last, count):
+    """The engine refuses `name` built with LayerNorm epsilon `wrong_eps` where the source uses
+    `source_eps`, naming every LayerNorm: `first` and `last` as (torch module, keras layer), and
+    `count` problems in all (Keras' default 1e-3 and torch's 1e-5 both differ from the 1e-6 of
+    ViT/ConvNeXt-style models: a silently-off model otherwise)."""
+    import pytest
+
+    import zoo
+
+    with pytest.raises(zoo.MappingError) as e:
+        mapped(name, norm_eps=wrong_eps)
+    msg = str(e.value)
+    assert f"eps {source_eps!r} != keras epsilon {wrong_eps!r}" in msg
+    for torch_name, keras_name in (first, last):
+        assert f"torch module {torch_name!r} -> keras layer {keras_name!r}" in msg
+    assert f"{count} problem(s)" in msg
+
+
 def copy_weights(src, dst):
     """Copy `src`'s weights into `dst` layer by layer (by name), for every layer that has any."""
     for layer in dst.layers:

@@ -9,6 +9,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 RESULTS = Path(__file__).resolve().parent.parent / "outputs" / "robustness.json"
 _seen: dict[str, dict] = {}
 
@@ -26,16 +28,26 @@ def _describe(item) -> str:
     return text + (f" — `{case.id}`" if case else "")
 
 
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
+    # The record rides on the report: under pytest-xdist (`make test` runs two workers) tests run
+    # in worker processes, and only reports reach the controller, which writes the file.
+    result = yield
     marker = item.get_closest_marker("hostile")
     if marker is None or call.when != "call":
         return
     outcomes = [v for k, v in item.user_properties if k == "outcome"]
-    _seen[item.nodeid] = {
+    result.get_result().user_properties.append(("robustness", {
         "category": marker.args[0], "test": item.nodeid, "what": _describe(item),
         "outcome": "passed" if call.excinfo is None else "FAILED",
         "examples": {o: outcomes.count(o) for o in sorted(set(outcomes))} if outcomes else None,
-    }
+    }))
+
+
+def pytest_runtest_logreport(report):
+    for key, record in report.user_properties:
+        if key == "robustness":
+            _seen[report.nodeid] = record
 
 
 def pytest_sessionfinish(session):

@@ -140,3 +140,12 @@ def test_headless_model_keeps_the_head_conv_like_keras_applications(name):
     w, b = full.get_layer("predictions").get_weights()
     np.testing.assert_allclose(full.predict_on_batch(x), headless.predict_on_batch(x) @ w + b,
                                rtol=1e-4, atol=1e-4)
+
+
+def test_create_model_keeps_a_dense_models_own_class_count():
+    """Without num_classes, a model gets its weights' class count: 21 for torchvision's
+    segmentation weights (not keras.applications' 1000); num_classes still overrides it."""
+    seg = zoo.create_model("torchvision/lraspp_mobilenet_v3_large")
+    assert seg.output["out"].shape[-1] == 21
+    three = zoo.create_model("torchvision/lraspp_mobilenet_v3_large", num_classes=3)
+    assert three.output["out"].shape[-1] == 3

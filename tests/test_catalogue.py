@@ -86,7 +86,10 @@ class Case:
 CONFIGURATIONS = configurations()
 
 
-@pytest.fixture(scope="module", params=CONFIGURATIONS)
+# Under pytest-xdist (`make test`, --dist loadgroup) all tests of one configuration go to one
+# worker: else both workers would prepare the same models.
+@pytest.fixture(scope="module", params=[pytest.param(n, marks=pytest.mark.xdist_group(n))
+                                        for n in CONFIGURATIONS])
 def case(request):
     """One configuration at a time: pytest finishes every test of a param before the next, and
     the teardown frees the models (VGG alone holds 130M parameters in both frameworks)."""

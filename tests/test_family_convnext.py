@@ -14,8 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-import zoo
-from helpers import assert_init_hides_swapped_blocks, mapped, random_input, rel, torch_nhwc
+from helpers import (
+    assert_init_hides_swapped_blocks,
+    assert_layernorm_eps_refused,
+    random_input,
+    rel,
+    torch_nhwc,
+)
 from zoo.layers.grn import GlobalResponseNorm
 from zoo.layers.layer_scale import LayerScale
 
@@ -148,13 +153,9 @@ def test_pitfall_exact_gelu(converted_small, torch_model):
 def test_pitfall_layernorm_eps():
     """ConvNeXt's LayerNorms use eps 1e-6 (Keras' default is 1e-3): the engine refuses a model
     with another eps, naming every LayerNorm, instead of producing a silently-off model."""
-    with pytest.raises(zoo.MappingError) as e:
-        mapped("timm/convnext_atto", norm_eps=1e-3)
-    msg = str(e.value)
-    assert "eps 1e-06 != keras epsilon 0.001" in msg
-    assert "torch module 'stem.1' -> keras layer 'stem_norm'" in msg
-    assert "torch module 'head.norm' -> keras layer 'head_norm'" in msg
-    assert "17 problem(s)" in msg   # stem, 3 downsamples, 12 blocks, head
+    # 17: stem, 3 downsamples, 12 blocks, head
+    assert_layernorm_eps_refused("timm/convnext_atto", 1e-6, 1e-3,
+                                 ("stem.1", "stem_norm"), ("head.norm", "head_norm"), 17)
 
 
 def test_pitfall_layer_scale_init_hides_mapping_bugs(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import zoo
-from helpers import build, mapped, plan_for, random_input, rel, torch_nhwc
+from helpers import assert_layernorm_eps_refused, build, mapped, plan_for, random_input, rel, torch_nhwc
 from zoo.layers.attention import FusedQKVAttention
 from zoo.layers.tokens import SelectToken, TokenEmbedding, bicubic_matrix
 from zoo.models.blocks_transformer import attention
@@ -241,13 +241,8 @@ def test_small_torchvision_vit_with_the_recipe_rules():
 def test_pitfall_layernorm_eps():
     """ViT's LayerNorms use eps 1e-6 (torch's default 1e-5, Keras' 1e-3): the engine refuses a
     model with another eps, naming every LayerNorm (2 per block and the final one)."""
-    with pytest.raises(zoo.MappingError) as e:
-        mapped("timm/deit_tiny_patch16_224", norm_eps=1e-5)
-    msg = str(e.value)
-    assert "eps 1e-06 != keras epsilon 1e-05" in msg
-    assert "torch module 'blocks.0.norm1' -> keras layer 'block0_norm1'" in msg
-    assert "torch module 'norm' -> keras layer 'norm'" in msg
-    assert "25 problem(s)" in msg
+    assert_layernorm_eps_refused("timm/deit_tiny_patch16_224", 1e-6, 1e-5,
+                                 ("blocks.0.norm1", "block0_norm1"), ("norm", "norm"), 25)
 
 
 def test_pitfall_distilled_heads_are_averaged():

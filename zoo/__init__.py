@@ -8,6 +8,7 @@ wrote after a plain `import zoo` (zoo/registration.py).
 """
 from zoo import registration
 from zoo.api import convert, create_model, decode_predictions, list_models, preprocess
+from zoo.catalog import resolve_name
 from zoo.errors import (
                         MappingError,
                         RecipeError,
@@ -19,7 +20,8 @@ from zoo.errors import (
 
 # The one definition of the version: pyproject.toml reads it from here (setuptools dynamic version).
 __version__ = "0.1.0"
-__all__ = ["convert", "create_model", "list_models", "preprocess", "decode_predictions", "ZooError",
+__all__ = ["convert", "create_model", "list_models", "resolve_name", "preprocess", "decode_predictions",
+           "ZooError",
            "RecipeError", "UnknownModelError", "SourceError", "MappingError", "ValidationError"]
 
 registration.install()

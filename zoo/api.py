@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from zoo import catalog
+from zoo.constants import WEIGHTS_FILE
 from zoo.errors import ZooError
 
 log = logging.getLogger("zoo")
@@ -31,23 +32,20 @@ def list_models(pattern: str | None = None, pretrained: bool = False) -> list[st
     return catalog.list_models(pattern, pretrained=True)
 
 
-# `timm/resnet50` -> `timm/resnet50.a1_in1k`: the weight set a bare name stands for
-resolve_name = catalog.resolve_name
-
-
 def convert(name, weights="random", num_classes=None, out_dir=None, in_chans=None,
-            input_size=None, progress=None, formats=None):
+            input_size=None, progress=None, formats=None, inference=None):
     """Convert a catalogue model (needs torch; see zoo.conversion.pipeline.convert). formats: a
     comma list or sequence out of zoo.constants.FORMATS (default `weights.h5,keras`)."""
     from zoo.conversion.pipeline import convert as _convert
     return _convert(name, weights=weights, num_classes=num_classes, in_chans=in_chans,
-                    out_dir=out_dir, input_size=input_size, progress=progress, formats=formats)
+                    out_dir=out_dir, input_size=input_size, progress=progress, formats=formats,
+                    inference=inference)
 
 
 def _config_for(path) -> tuple[dict, Path]:
     path = Path(path)
     if path.is_dir():
-        cfg, weights = path / "config.json", path / "model.weights.h5"
+        cfg, weights = path / "config.json", path / WEIGHTS_FILE
     elif path.name.endswith(".weights.h5"):
         cfg, weights = path.parent / "config.json", path
     else:
@@ -64,7 +62,7 @@ def create_model(name, pretrained=False, num_classes=None, include_top=True, inp
                  include_preprocessing=False, token=None, revision=None):
     """A Keras model for catalogue `name`, keras.applications-style. A bare name
     (`timm/resnet50`) means its recipe's default weight tag (`timm/resnet50.a1_in1k`), which is
-    logged at INFO on the `zoo` logger; `zoo.api.resolve_name` gives it without building.
+    logged at INFO on the `zoo` logger; `zoo.resolve_name` gives it without building.
 
     pretrained: False (random init), a local `.weights.h5` file or `outputs/<name>` folder, or True
     (published weights, downloaded and cached by `zoo.hub`; never a silent random fallback).
@@ -110,8 +108,8 @@ def create_model(name, pretrained=False, num_classes=None, include_top=True, inp
             raise ZooError(f"{pretrained} holds a {config.get('name')} model, not {name}")
         kwargs = dict(config["builder_kwargs"])
         kwargs.pop("input_shape", None)
-        weight_classes = kwargs.pop("classes")
-        if include_top and num_classes not in (None, weight_classes):
+        weight_classes = kwargs.pop("classes", None)   # a detector records none (builder default)
+        if include_top and weight_classes is not None and num_classes not in (None, weight_classes):
             raise ZooError(f"the weights have {weight_classes} classes; num_classes="
                            f"{num_classes} needs include_top=False (then add your own head)")
         num_classes = weight_classes
@@ -123,11 +121,14 @@ def create_model(name, pretrained=False, num_classes=None, include_top=True, inp
     # The builder knows where its features end (after MobileNet's/EfficientNet's 1x1 head conv,
     # like keras.applications and timm's forward_features); its layers are named as in `full`.
     headless = dict(include_top=False, pooling=pooling)
+    # No class count given or recorded: the builder's own default (1000 for the ImageNet
+    # classifiers, 21 for torchvision's segmentation weights, 91 for the COCO detector).
+    if num_classes is not None:
+        kwargs["classes"] = num_classes
     if weights is None and not include_top and not features_only:
-        return builder(**kwargs, classes=num_classes or 1000, input_shape=input_shape, **headless)
+        return builder(**kwargs, input_shape=input_shape, **headless)
     # Weights: build the full model so that the weights file always matches, then cut the head.
-    full = builder(**kwargs, classes=num_classes or 1000, input_shape=input_shape,
-                   classifier_activation=classifier_activation)
+    full = builder(**kwargs, input_shape=input_shape, classifier_activation=classifier_activation)
     if weights is not None:
         full.load_weights(weights)
     if features_only:
@@ -136,7 +137,7 @@ def create_model(name, pretrained=False, num_classes=None, include_top=True, inp
                            name=full.name)
     if include_top:
         return full
-    model = builder(**kwargs, classes=num_classes or 1000, input_shape=input_shape, **headless)
+    model = builder(**kwargs, input_shape=input_shape, **headless)
     for layer in model.layers:
         if layer.weights:
             layer.set_weights(full.get_layer(layer.name).get_weights())

@@ -22,11 +22,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from zoo import catalog, faults
-from zoo.constants import CHECKPOINT_SUFFIXES, FORMATS, LEGACY_FORMATS, STAGES
+from zoo.constants import CHECKPOINT_SUFFIXES, FORMATS, LEGACY_FORMATS, OK_STATUSES, STAGES
 from zoo.export import (
     is_complete,
     manifest,
     parse_formats,
+    parse_inference,
     pid_alive,
     recover,
     sha256_file,
@@ -96,7 +97,7 @@ def weights_for(name, weights) -> str:
 
 
 def up_to_date(out, name, weights, input_size=None, num_classes=None,
-               formats=None) -> dict | None:
+               formats=None, inference=None) -> dict | None:
     """The previous report if outputs are complete and recipe, weights, versions and the export
     formats asked for (written or recorded as skipped) are unchanged."""
     folder = catalog.output_dir(out, name)
@@ -123,6 +124,7 @@ def up_to_date(out, name, weights, input_size=None, num_classes=None,
                                                                                      formats))
     if report.get("status") == "passed" and report.get("fingerprint") == variant.fingerprint() \
             and same_weights and same_shape and same_formats \
+            and (report.get("inference") or {}).get("mode") == inference \
             and report.get("versions") == library_versions():
         return report
     return None
@@ -247,11 +249,13 @@ def _sweep_batch_dirs(out: Path) -> None:
 
 
 def run_batch(names, weights="auto", jobs=1, out="outputs", resume=False, input_size=None,
-              num_classes=None, stream=None, timeout=None, formats=None) -> tuple[dict, int]:
+              num_classes=None, stream=None, timeout=None, formats=None,
+              inference=None) -> tuple[dict, int]:
     """Convert `names`; returns ({name: summary row}, exit code). timeout: seconds per model
     (the worker is killed and the model reported failed; the rest go on). formats: export
-    formats (zoo.constants.FORMATS; default DEFAULT_FORMATS)."""
+    formats (zoo.constants.FORMATS; default DEFAULT_FORMATS); inference: see zoo.convert."""
     formats = list(parse_formats("formats", formats))
+    inference = parse_inference("inference", inference, formats)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _sweep_batch_dirs(out)
@@ -260,14 +264,15 @@ def run_batch(names, weights="auto", jobs=1, out="outputs", resume=False, input_
     for name in names:
         recover(catalog.output_dir(out, name))   # debris of interrupted earlier runs
         w = weights_for(name, weights)
-        prev = up_to_date(out, name, w, input_size, num_classes, formats) if resume else None
+        prev = up_to_date(out, name, w, input_size, num_classes, formats, inference) if resume \
+            else None
         if prev is not None:
             rows[name] = dict(_summary_row(name, {"status": "passed", "report": prev}),
                               status="up to date", seconds=0.0)
         else:
             queue.append((name, {"name": name, "weights": w, "out": str(out),
                                  "input_size": input_size, "num_classes": num_classes,
-                                 "formats": formats}))
+                                 "formats": formats, "inference": inference}))
     stream = stream or sys.stderr
     overall = tqdm(total=len(names), desc="models", unit="model", position=0, file=stream,
                    initial=len(rows))
@@ -309,7 +314,7 @@ def run_batch(names, weights="auto", jobs=1, out="outputs", resume=False, input_
         bar.close()
     overall.close()
     _write_index(out, rows)
-    failed = [n for n, r in rows.items() if r["status"] not in ("passed", "up to date")]
+    failed = [n for n, r in rows.items() if r["status"] not in OK_STATUSES]
     return rows, (1 if failed else 0)
 
 

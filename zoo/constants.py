@@ -20,5 +20,15 @@ FORMAT_FILES = {"weights.h5": "model.weights.h5", "keras": "model.keras",
                 "saved_model": "saved_model", "tflite": "model.tflite", "onnx": "model.onnx"}
 FORMATS = tuple(FORMAT_FILES)
 DEFAULT_FORMATS = ("weights.h5", "keras")
+# --inference: how the serving formats (SavedModel, LiteRT/TFLite, ONNX) are written. "fold":
+# BatchNorm and layer scale merged into the preceding layer (zoo/fold.py); "xla": folded, and the
+# SavedModel's serving function compiled with XLA. The Keras formats stay unfolded (trainable).
+INFERENCE_MODES = ("fold", "xla")
+SERVING_FORMATS = ("saved_model", "tflite", "onnx")
 # What a folder written before --formats existed holds (config.json without "formats").
 LEGACY_FORMATS = ("weights.h5", "keras", "saved_model")
+# The weights file every converted folder has (create_model, publish and download read it).
+WEIGHTS_FILE = FORMAT_FILES["weights.h5"]
+
+# Batch statuses of a model whose folder is good: converted now, or skipped by --resume.
+OK_STATUSES = ("passed", "up to date")

@@ -19,7 +19,14 @@ from pathlib import Path
 from zoo import faults
 from zoo.arguments import InvalidArgumentError
 from zoo.cli import DIST
-from zoo.constants import DEFAULT_FORMATS, FORMAT_FILES, FORMATS, LEGACY_FORMATS
+from zoo.constants import (
+    DEFAULT_FORMATS,
+    FORMAT_FILES,
+    FORMATS,
+    INFERENCE_MODES,
+    LEGACY_FORMATS,
+    SERVING_FORMATS,
+)
 
 # Written whatever the formats: the builder and preprocessing, the golden outputs that re-validate
 # every format without torch, and the report (last: its presence marks a complete folder).
@@ -160,6 +167,19 @@ def parse_formats(option: str, value) -> tuple[str, ...]:
     return tuple(f for f in FORMATS if f in names)
 
 
+def parse_inference(option: str, value, formats=None) -> str | None:
+    """--inference: None/"none" (plain exports) or one of INFERENCE_MODES. It changes only the
+    serving formats, so asking for it without one of them is refused rather than ignored."""
+    if value in (None, "", "none"):
+        return None
+    if value not in INFERENCE_MODES:
+        raise InvalidArgumentError(f"{option}: expected none, {', '.join(INFERENCE_MODES)}; got {value!r}")
+    if formats is not None and not set(formats) & set(SERVING_FORMATS):
+        raise InvalidArgumentError(f"{option} {value} changes the serving exports only "
+                                   f"({', '.join(SERVING_FORMATS)}); add one to --formats")
+    return value
+
+
 def written_formats(config: dict) -> tuple[str, ...]:
     """The formats a model folder holds, as its config.json records them."""
     return tuple(config.get("formats", LEGACY_FORMATS))
@@ -211,11 +231,31 @@ def _export_optional(model, path: Path, fmt: str, check, shapes) -> dict:
     return {"file": path.name}
 
 
-def save_model_files(model, folder, formats, check=None, shapes=None) -> dict:
+def _export_xla_saved_model(model, path: Path) -> None:
+    """model.export's SavedModel, with the serving function compiled by XLA when it is called
+    (Keras' exporter has no option for it; ExportArchive takes our own tf.function)."""
+    import keras
+    import tensorflow as tf
+
+    signature = [tf.nest.map_structure(
+        lambda t: tf.TensorSpec(t.shape, t.dtype, name=t.name.split(":")[0]), model.input)]
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", tf.function(lambda x: model(x, training=False),
+                                              input_signature=signature, jit_compile=True,
+                                              autograph=False))
+    archive.write_out(str(path), verbose=False)
+
+
+def save_model_files(model, folder, formats, check=None, shapes=None, serving=None,
+                     xla=False) -> dict:
     """Write `formats` into `folder`; returns {format: {"file": name} or {"skipped": why}}.
     check(format, path): runs an optional format's file, raising if its runtime cannot.
-    shapes: {input name: shape without batch} the TFLite file is fixed at (None: the model's)."""
+    shapes: {input name: shape without batch} the TFLite file is fixed at (None: the model's).
+    serving: the model the serving formats (SERVING_FORMATS) are written from (--inference: the
+    folded copy; default `model`); xla: the SavedModel's serving function is XLA-compiled."""
     folder = Path(folder)
+    serving = model if serving is None else serving
     exports = {}
     for fmt in formats:
         path = folder / FORMAT_FILES[fmt]
@@ -223,11 +263,13 @@ def save_model_files(model, folder, formats, check=None, shapes=None) -> dict:
             model.save_weights(path)
         elif fmt == "keras":
             model.save(path)
+        elif fmt == "saved_model" and xla:
+            _export_xla_saved_model(serving, path)
         elif fmt == "saved_model":
             # serving_default: the model's named inputs and outputs, NHWC float32
-            model.export(str(path), format="tf_saved_model", verbose=False)
+            serving.export(str(path), format="tf_saved_model", verbose=False)
         else:
-            exports[fmt] = _export_optional(model, path, fmt, check, shapes)
+            exports[fmt] = _export_optional(serving, path, fmt, check, shapes)
             faults.point(f"export:{fmt}")
             continue
         exports[fmt] = {"file": path.name}

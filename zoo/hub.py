@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 
 import filelock
 
+from zoo.constants import WEIGHTS_FILE
 from zoo.errors import ZooError
 from zoo.names import InvalidNameError, parse_name
 
@@ -41,7 +42,7 @@ RETRIES = 5
 BACKOFF = 0.5          # seconds, doubled after each failed attempt
 TIMEOUT = 30           # seconds per connection attempt
 CHUNK = 1 << 20
-REQUIRED_FILES = ("model.weights.h5", "config.json")
+REQUIRED_FILES = (WEIGHTS_FILE, "config.json")
 MAX_INDEX_BYTES = 64 << 20   # the index names every file's size; nothing bounds the index itself
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 

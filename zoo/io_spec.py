@@ -9,9 +9,10 @@ parsed without torch, TensorFlow or NumPy, so `import zoo` stays fast.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
+
+from zoo.checks import positive_number
 
 if TYPE_CHECKING:
     import numpy as np
@@ -180,9 +181,11 @@ def parse_outputs(data, where="outputs") -> tuple[OutputSpec, ...]:
             raise ValueError(f"{at}.select: expected an index (tuple/list output) or a key (dict "
                              f"output), got {select!r}")
         tol = item.get("tolerance")
-        if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float))
-                                or not (tol > 0) or not math.isfinite(tol)):
-            raise ValueError(f"{at}.tolerance: expected a finite positive number, got {tol!r}")
+        if tol is not None:
+            try:
+                positive_number(tol)
+            except ValueError as e:
+                raise ValueError(f"{at}.tolerance: {e}") from None
         specs.append(OutputSpec(name, select, _choice(item, "layout", LAYOUTS, "tensor", at),
                                 _choice(item, "metric", METRICS, "regression", at),
                                 None if tol is None else float(tol)))

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from zoo import faults
+from zoo.constants import WEIGHTS_FILE
 from zoo.errors import ZooError
 from zoo.export import is_complete, manifest, sha256_file, write_json, write_text, written_formats
 from zoo.validate import output_summary
@@ -193,7 +194,7 @@ def build_release(out_roots, release: Path, version: str | None = None,
         config = json.loads((folder / "config.json").read_text())
         dest = release / "models" / name
         dest.mkdir(parents=True, exist_ok=True)
-        _copy(folder / "model.weights.h5", dest / "model.weights.h5")
+        _copy(folder / WEIGHTS_FILE, dest / WEIGHTS_FILE)
         _copy(folder / "config.json", dest / "config.json")
         write_text(dest / "README.md", model_card(name, report, config))
         if saved_model:

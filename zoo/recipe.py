@@ -9,7 +9,6 @@ import dataclasses
 import fnmatch
 import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from zoo.checks import positive_number
 from zoo.errors import RecipeError
 from zoo.io_spec import DEFAULT_OUTPUTS, LAYOUTS, default_inputs, parse_inputs, parse_outputs
 from zoo.names import VARIANT_NAME, WEIGHT_TAG
@@ -199,13 +199,10 @@ def _preprocessing(path, where, data, base):
 
 
 def _positive_number(path, where, value, kind=float):
-    # not (value > 0) also refuses NaN; .inf would make a tolerance that passes anything
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0) \
-            or not math.isfinite(value):
-        _fail(path, where, f"expected a finite positive number, got {value!r}")
-    if kind is int and value != int(value):
-        _fail(path, where, f"expected a whole number, got {value!r}")
-    return kind(value)
+    try:
+        return positive_number(value, kind)
+    except ValueError as e:
+        _fail(path, where, str(e))
 
 
 def _feature_layout(path, value):

@@ -5,10 +5,15 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-from zoo.arguments import cli, output_root, positive_int  # noqa: E402
+from zoo.arguments import (  # noqa: E402
+    InvalidArgumentError,  # noqa: E402
+    cli,
+    output_root,
+    positive_int,
+)
 from zoo.cli import require_convert_extra  # noqa: E402
-from zoo.constants import DEFAULT_FORMATS, FORMATS  # noqa: E402
-from zoo.export import parse_formats  # noqa: E402
+from zoo.constants import DEFAULT_FORMATS, FORMATS, INFERENCE_MODES  # noqa: E402
+from zoo.export import parse_formats, parse_inference  # noqa: E402
 
 
 def add_formats_argument(p: argparse.ArgumentParser) -> None:
@@ -17,6 +22,19 @@ def add_formats_argument(p: argparse.ArgumentParser) -> None:
                    metavar="LIST", help=f"export formats, a comma list out of {', '.join(FORMATS)} "
                    f"(default: {','.join(DEFAULT_FORMATS)}); a format the converter cannot express "
                    "for a model is skipped and the skip recorded")
+    p.add_argument("--inference", choices=("none", *INFERENCE_MODES), default="none",
+                   help="serving exports (saved_model, tflite, onnx) from a copy with BatchNorm and "
+                        "layer scale folded into the preceding layer, its parity validated; xla: "
+                        "also an XLA-compiled SavedModel serving function. The Keras formats stay "
+                        "unfolded (trainable)")
+
+
+def check_export_arguments(p: argparse.ArgumentParser, args) -> None:
+    """--inference without a serving format does nothing: argparse's one-line error (exit 2)."""
+    try:
+        parse_inference("--inference", args.inference, args.formats)
+    except InvalidArgumentError as e:
+        p.error(str(e))
 
 
 def main(argv=None):
@@ -35,6 +53,7 @@ def main(argv=None):
                    help="validation resolution (default: the recipe's)")
     add_formats_argument(p)
     args = p.parse_args(argv)
+    check_export_arguments(p, args)
 
     require_convert_extra()
     from tqdm import tqdm
@@ -54,7 +73,7 @@ def main(argv=None):
         _model, report = convert(args.name, weights=args.weights, num_classes=args.num_classes,
                                  in_chans=args.in_chans, out_dir=args.out,
                                  input_size=args.input_size, progress=progress,
-                                 formats=args.formats)
+                                 formats=args.formats, inference=args.inference)
     except ValidationError as e:
         bar.close()
         print(f"error: {e}", file=sys.stderr)

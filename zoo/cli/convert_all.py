@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from zoo.arguments import cli, output_root, positive_int, positive_seconds
-from zoo.cli.convert import add_formats_argument
+from zoo.cli.convert import add_formats_argument, check_export_arguments
 
 
 def main(argv=None):
@@ -25,6 +25,7 @@ def main(argv=None):
                    help="fail a model whose worker runs longer than this, and go on")
     add_formats_argument(p)
     args = p.parse_args(argv)
+    check_export_arguments(p, args)
 
     from zoo.batch import BatchError, run_batch, select, summary_table
     try:
@@ -34,7 +35,8 @@ def main(argv=None):
             return 0
         rows, code = run_batch(names, weights=args.weights, jobs=args.jobs, out=args.out,
                                resume=args.resume, input_size=args.input_size,
-                               timeout=args.timeout, formats=args.formats)
+                               timeout=args.timeout, formats=args.formats,
+                               inference=args.inference)
     except BatchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,8 @@ import re
 import sys
 from pathlib import Path
 
+from zoo.constants import OK_STATUSES
+
 ROOT = Path(__file__).resolve().parents[2]   # the checkout (zoo/cli/ -> zoo/ -> root)
 START, END = "<!-- catalogue:start -->", "<!-- catalogue:end -->"
 ROBUST_START, ROBUST_END = "<!-- robustness:start -->", "<!-- robustness:end -->"
@@ -29,7 +31,7 @@ def table(index: dict) -> str:
         top1 = f"{r['top1']:.3f}" if r.get("top1") is not None else "-"
         status = r.get("status", "not run")
         weights = r.get("weights") or "-"
-        if status not in ("passed", "up to date"):
+        if status not in OK_STATUSES:
             err = status
         size = input_cell(r, v.input_size)
         tol = r.get("tolerance") or v.tolerance

@@ -5,6 +5,8 @@ import json
 import os
 import sys
 
+from zoo.constants import OK_STATUSES
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -32,7 +34,7 @@ def main(argv=None):
     listed = json.loads(index_path.read_text()).get("models", {}) if index_path.is_file() else {}
     for name, row in sorted(listed.items()):
         folder = Path(args.out) / name
-        if row.get("status") in ("passed", "up to date") and not is_complete(folder):
+        if row.get("status") in OK_STATUSES and not is_complete(folder):
             failed.append(name)
             print(f"FAILED {name}: listed as passed in {index_path} but {folder} is missing or "
                   "incomplete")

@@ -18,7 +18,7 @@ from zoo.conversion.mapping import apply_plan, plan_mapping
 from zoo.conversion.sources import load_torch_model
 from zoo.conversion.torch_first import torch  # noqa: F401 - before keras/tensorflow
 from zoo.errors import ExportError, ValidationError
-from zoo.export import atomic_dir, manifest, parse_formats, save_model_files, write_json
+from zoo.export import atomic_dir, manifest, parse_formats, parse_inference, save_model_files, write_json
 from zoo.io_spec import make_inputs
 from zoo.models import build, builder_kwargs
 from zoo.validate import (
@@ -126,7 +126,8 @@ def _refuse_fixed_size(name, size, in_chans):
 
 def convert(name: str, weights="random", num_classes: int | None = None,
             in_chans: int | None = None, out_dir=None, input_size: int | None = None,
-            progress=None, requested: str | None = None, warnings=(), formats=None):
+            progress=None, requested: str | None = None, warnings=(), formats=None,
+            inference=None):
     """Convert catalogue model `name`; returns (keras_model, report).
 
     weights: 'random' (perturbed), 'pretrained', or a checkpoint path. out_dir: output root
@@ -136,12 +137,15 @@ def convert(name: str, weights="random", num_classes: int | None = None,
     why; both are recorded in the report. formats: the export formats (a comma list or sequence
     out of zoo.constants.FORMATS; default DEFAULT_FORMATS). A format whose converter cannot express
     the model is skipped and the skip recorded (report["exports"][fmt]["skipped"]); a written
-    format that fails parity fails the conversion.
+    format that fails parity fails the conversion. inference: None, "fold" or "xla" (see
+    zoo.constants.INFERENCE_MODES): the serving formats are written from a folded copy
+    (zoo.fold), whose parity is measured in memory too (parity["folded"]).
     """
     input_size = positive_int("input_size", input_size)
     if input_size is not None:
         _refuse_fixed_size(name, input_size, in_chans)
     formats = parse_formats("formats", formats)
+    inference = parse_inference("inference", inference, formats)
     final = None if out_dir is None else output_dir(output_root("out_dir", out_dir), name)
     timings: dict[str, float] = {}
     variant, tm, kwargs, model, plan = prepare(name, weights, num_classes, in_chans,
@@ -159,6 +163,14 @@ def convert(name: str, weights="random", num_classes: int | None = None,
             variant.tolerance, out_specs)}
         floor = float32_error(tm.module, inputs, features, ref, variant.tolerance, in_specs,
                               out_specs, layout)
+        serving, folded = None, None
+        if inference:
+            from zoo.fold import fold_for_inference
+
+            serving, folded = fold_for_inference(model)
+            parity["folded"] = compare_outputs(
+                ref, keras_outputs(serving, inputs, list(features.values()), out_specs),
+                variant.tolerance, out_specs)
 
     report = {
         "format_version": FORMAT_VERSION, "name": name, "family": variant.recipe.family,
@@ -175,6 +187,8 @@ def convert(name: str, weights="random", num_classes: int | None = None,
         "torch_float32_vs_float64": floor,
         "timings": timings,
     }
+    if inference:
+        report["inference"] = {"mode": inference, "folded": folded}
     if not parity["in_memory"]["passed"]:
         report["status"] = "failed"
         report["diff"] = diff = layer_diff(tm, model, plan, inputs, variant.tolerance, in_specs,
@@ -192,6 +206,11 @@ def convert(name: str, weights="random", num_classes: int | None = None,
         raise ValidationError(f"{name}: parity failed: max relative error "
                               f"{parity['in_memory']['max_rel']:.3g} > tolerance "
                               f"{variant.tolerance:g}{where}", report)
+    if inference and not parity["folded"]["passed"]:
+        report["status"] = "failed"
+        raise ValidationError(f"{name}: the folded inference copy fails parity (max relative "
+                              f"error {parity['folded']['max_rel']:.3g}) while the model passes "
+                              f"({parity['in_memory']['max_rel']:.3g})", report)
     if out_dir is None:
         report["status"] = "passed"
         return model, report
@@ -206,12 +225,15 @@ def convert(name: str, weights="random", num_classes: int | None = None,
         "tolerance": variant.tolerance, "feature_layers": list(features.values()),
         "inputs": [s.to_json() for s in in_specs], "outputs": [s.to_json() for s in out_specs],
     }
+    if inference:   # the serving formats hold the folded copy
+        config["inference"] = report["inference"]
     with atomic_dir(final) as tmp:
         with _stage("export", timings, progress), _disk_errors(name, final):
             save_golden(tmp, inputs, ref)
             report["exports"] = exports = save_model_files(
                 model, tmp, formats, check=lambda fmt, path: RUNNERS[fmt](path, inputs, out_specs),
-                shapes={k: a.shape[1:] for k, a in inputs.items()})
+                shapes={k: a.shape[1:] for k, a in inputs.items()},
+                serving=serving, xla=inference == "xla")
             # what the folder holds: validate_all, --resume and publish follow this list
             config["formats"] = [f for f, e in exports.items() if "skipped" not in e]
             write_json(tmp / "config.json", config)

@@ -38,6 +38,7 @@ def run(job: dict) -> dict:
         _model, report = convert(job["name"], weights=weights, out_dir=job["out"],
                                  num_classes=job.get("num_classes"),
                                  input_size=job.get("input_size"), formats=job.get("formats"),
+                                 inference=job.get("inference"),
                                  requested=job["weights"]
                                  if job["weights"] == "auto" else None, warnings=warnings,
                                  progress=lambda s: print(f"@@stage {s}", flush=True))

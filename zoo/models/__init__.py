@@ -24,14 +24,14 @@ BUILDERS: dict[str, str] = {
     "cspnet": "zoo.models.cspnet:cspnet",
     "xception": "zoo.models.xception:xception",
     "vit": "zoo.models.vit:vit",
-    "segmentation": "zoo.models.segmentation:segmentation",
-    "swin": "zoo.models.swin:swin",
-    "maxvit": "zoo.models.maxvit:maxvit",
     "beit": "zoo.models.beit:beit",
     "mixer": "zoo.models.mixer:mixer",
-    "ssdlite": "zoo.models.detection:ssdlite320_mobilenet_v3_large",
+    "maxvit": "zoo.models.maxvit:maxvit",
+    "segmentation": "zoo.models.segmentation:segmentation",
     "mobilevit": "zoo.models.mobilevit:mobilevit",
     "levit": "zoo.models.levit:levit",
+    "swin": "zoo.models.swin:swin",
+    "ssdlite": "zoo.models.detection:ssdlite320_mobilenet_v3_large",
 }
 
 
