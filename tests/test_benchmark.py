@@ -14,7 +14,7 @@ from helpers import SMALL, run_script
 from zoo.constants import STAGES
 
 MODEL = "torchvision/squeezenet1_1*"
-PATHS = ("tf_function", "xla", "saved_model", "tflite")
+PATHS = ("tf_function", "xla", "folded", "folded_xla", "saved_model", "tflite")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

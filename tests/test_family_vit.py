@@ -7,6 +7,9 @@ import zoo.conversion.torch_first  # noqa: F401  (torch, torchvision, timm befor
 
 # isort: split
 
+import json
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -202,6 +205,31 @@ def test_checkpoint_at_another_input_size_converts():
     assert report["input_size"] == 96 and parity["passed"]
     assert parity["max_rel"] < TOL
     assert set(parity["features"]) == {"block0", "block5", "block11"}
+
+
+def test_checkpoint_fine_tuned_at_another_resolution_and_class_count(tmp_path):
+    """A DeiT-tiny checkpoint fine-tuned at 96 px (a 6 x 6 position grid, not the recipe's 14 x 14)
+    with 10 classes: both models are built for its grid (timm's img_size), the Keras model is
+    validated at 96 by default, and it matches a timm model created at img_size=96 from the same
+    file -- built here by timm itself, not by the code under test."""
+    import timm
+
+    from zoo.conversion.sources import perturb_
+
+    src = timm.create_model("deit_tiny_patch16_224", img_size=96, num_classes=10)
+    perturb_(src)
+    ckpt = tmp_path / "finetuned.pth"
+    torch.save(src.state_dict(), ckpt)
+    model, report = zoo.convert("timm/deit_tiny_patch16_224", weights=str(ckpt), num_classes=10,
+                                out_dir=tmp_path / "out")
+    assert report["input_size"] == 96 and report["parity"]["in_memory"]["passed"]
+    config = json.loads((Path(report["output_dir"]) / "config.json").read_text())
+    assert config["builder_kwargs"]["img_size"] == 96 and config["num_classes"] == 10
+    x = random_input(96, 96, seed=4)
+    ref = torch_nhwc(src.eval(), x)
+    assert ref.shape == (2, 10) and rel(model(x), ref) < TOL
+    # the converted folder alone rebuilds it (config.json carries img_size)
+    assert rel(zoo.create_model(report["output_dir"])(x), ref) < TOL
 
 
 # ------------------------------------------------------------------ torchvision

@@ -28,8 +28,9 @@ from zoo.constants import STAGES
 # and the two files whose runtimes are timed.
 BENCH_FORMATS = ("weights.h5", "keras", "saved_model", "tflite")
 # The Keras paths the worker times next to PyTorch eager, and their column titles.
-PATHS = {"tf_function": "tf.function", "xla": "tf.function XLA", "saved_model": "SavedModel",
-         "tflite": "TFLite"}
+PATHS = {"tf_function": "tf.function", "xla": "tf.function XLA",
+         "folded": "folded tf.function", "folded_xla": "folded XLA",   # --inference (zoo/fold.py)
+         "saved_model": "SavedModel", "tflite": "TFLite"}
 
 
 def machine() -> dict:

@@ -91,6 +91,7 @@ def _runners(model, tm, folder, exports, specs, inputs: dict, threads: int) -> d
     import tensorflow as tf
 
     from zoo.conversion.forward import select, torch_args
+    from zoo.fold import fold_for_inference
     from zoo.validate import _named_outputs, feed
 
     in_specs, out_specs = specs
@@ -105,8 +106,11 @@ def _runners(model, tm, folder, exports, specs, inputs: dict, threads: int) -> d
 
     x = tf.nest.map_structure(tf.constant, feed(model, inputs))
     runners = {"torch": (torch_call, lambda res: select(res, out_specs))}
-    for path, jit in (("tf_function", False), ("xla", True)):
-        fn = tf.function(lambda t: model(t, training=False), jit_compile=jit)
+    # the copy --inference exports: BatchNorm and layer scale folded into the preceding layer
+    folded, _counts = fold_for_inference(model)
+    for path, net, jit in (("tf_function", model, False), ("xla", model, True),
+                           ("folded", folded, False), ("folded_xla", folded, True)):
+        fn = tf.function(lambda t, net=net: net(t, training=False), jit_compile=jit)
         runners[path] = (lambda fn=fn: fn(x), keras_named)
     for fmt, make in (("saved_model", _saved_model_call), ("tflite", _tflite_call)):
         why = exports.get(fmt, {"skipped": "not exported (--formats)"}).get("skipped")

@@ -89,7 +89,8 @@ def prepare(name, weights="random", num_classes=None, in_chans=None, *, timings=
         tm = load_torch_model(variant, tag, weights, num_classes, in_chans)
     in_specs = variant.input_specs(in_chans)
     with _stage("build_keras", timings, progress):
-        kwargs = builder_kwargs(variant.builder, variant.builder_kwargs, classes=tm.num_classes,
+        kwargs = builder_kwargs(variant.builder, {**variant.builder_kwargs, **tm.builder_overrides},
+                                classes=tm.num_classes,
                                 input_shape=list(in_specs[0].keras_shape())
                                 if len(in_specs) == 1 else None)
         model = build(variant.builder, kwargs)
@@ -151,7 +152,7 @@ def convert(name: str, weights="random", num_classes: int | None = None,
     variant, tm, kwargs, model, plan = prepare(name, weights, num_classes, in_chans,
                                                timings=timings, progress=progress)
 
-    size = input_size or variant.input_size
+    size = input_size or tm.input_size or variant.input_size
     features = dict(variant.features)
     in_specs, out_specs = variant.input_specs(in_chans), variant.output_specs()
     with _stage("validate", timings, progress):

@@ -34,6 +34,10 @@ class TorchModel:
     # the source's published accuracy of these weights ({"ImageNet-1K": {"acc@1": ...}}), where
     # the library ships it (torchvision's weight meta; timm's wheel has no results tables)
     source_metrics: dict | None = None
+    # what a checkpoint changes in both builders beyond the recipe (a ViT fine-tuned at another
+    # resolution: {"img_size": 384}), and the validation size it implies
+    builder_overrides: dict = field(default_factory=dict)
+    input_size: int | None = None
 
     def state_dict_numpy(self):
         return {k: v.detach().cpu().numpy() for k, v in self.module.state_dict().items()}
@@ -50,9 +54,9 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
 
 # ---------------------------------------------------------------- building (random weights)
 
-def _timm_create(variant, tag, num_classes, in_chans, pretrained=False, overlay=None):
+def _timm_create(variant, tag, num_classes, in_chans, pretrained=False, overlay=None, **extra):
     arch = variant.source.split(":", 1)[1]
-    kwargs = dict(variant.source_kwargs)
+    kwargs = dict(variant.source_kwargs, **extra)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     if in_chans is not None:
@@ -252,6 +256,24 @@ def read_checkpoint(path) -> dict:
     return _unwrap_state_dict(obj, path)
 
 
+def _checkpoint_img_size(module, state, variant) -> int | None:
+    """The image size a timm ViT-style checkpoint was fine-tuned at, when its position embedding
+    is for another patch grid than the recipe's model (a 224 recipe, a 384 checkpoint); None
+    otherwise (a mismatch of another kind is left to _load_checkpoint to report)."""
+    import math
+
+    own, pos = getattr(module, "pos_embed", None), state.get("pos_embed")
+    if variant.source_kind != "timm" or own is None or pos is None or pos.shape == own.shape \
+            or pos.ndim != 3 or pos.shape[-1] != own.shape[-1]:
+        return None
+    prefix = 0 if getattr(module, "no_embed_class", False) else getattr(module, "num_prefix_tokens", 0)
+    side = math.isqrt(max(pos.shape[1] - prefix, 0))
+    patch = getattr(getattr(module, "patch_embed", None), "patch_size", None)
+    if side < 1 or side * side != pos.shape[1] - prefix or not patch:
+        return None
+    return side * patch[0]
+
+
 def _load_checkpoint(module, state, path, variant):
     own = module.state_dict()
     # Tensors the recipe ignores (num_batches_tracked, auxiliary heads) are never converted, so a
@@ -380,6 +402,7 @@ def source_metrics(variant, tag) -> dict | None:
 def load_torch_model(variant: Variant, tag: str | None, weights: str,
                      num_classes: int | None = None, in_chans: int | None = None) -> TorchModel:
     """weights: 'random' (perturbed), 'pretrained', or a checkpoint path."""
+    overrides, size = {}, None
     if weights == "random":
         with torch.random.fork_rng(devices=[]):   # reproducible init, caller's RNG untouched
             torch.manual_seed(PERTURB_SEED)
@@ -394,6 +417,13 @@ def load_torch_model(variant: Variant, tag: str | None, weights: str,
         path = Path(weights)
         state = read_checkpoint(path)
         module = _build_random(variant, tag, num_classes, in_chans)
+        img_size = _checkpoint_img_size(module, state, variant)
+        if img_size is not None:
+            # Both models are built for the checkpoint's grid, as timm builds a model created with
+            # img_size=...; resampling the embedding down to the recipe's grid would lose detail
+            # and resample it again at the fine-tuned size.
+            module = _timm_create(variant, tag, num_classes, in_chans, img_size=img_size)
+            overrides, size = {"img_size": img_size}, img_size
         _load_checkpoint(module, state, path, variant)
         kind, ckpt = "checkpoint", {"path": str(path.resolve()), "sha256": sha256_file(path)}
     if kind != "random":
@@ -410,7 +440,8 @@ def load_torch_model(variant: Variant, tag: str | None, weights: str,
     return TorchModel(module, kind, tag if kind != "checkpoint" else None, n_cls, chans, pre,
                       None if kind == "checkpoint" else license_,   # a user checkpoint: theirs
                       names, ckpt, warnings,
-                      source_metrics(variant, tag) if kind == "pretrained" else None)
+                      source_metrics(variant, tag) if kind == "pretrained" else None,
+                      overrides, size)
 
 
 def _num_classes(module, variant, override):
