@@ -11,10 +11,11 @@ import pytest
 
 NAME = "torchvision/ssdlite320_mobilenet_v3_large"
 # Detections are matched by IoU and label; a matched pair must overlap at least this much and
-# differ in score by at most SCORE_ATOL (scores are softmax probabilities ~0.01-0.3 here; the
-# head outputs agree to ~1e-5 relative, the box corners to ~1e-4 px).
+# differ in score by at most SCORE_ATOL. Scores are softmax probabilities (up to ~0.9 at the
+# 0.5 threshold); the head logits agree to ~1.5e-5 relative, i.e. ~1e-4 absolute at |logit| ~5,
+# which moves a probability by up to p(1 - p) * 1e-4: 1.06e-5 was measured single-threaded.
 MIN_IOU = 0.999
-SCORE_ATOL = 1e-5
+SCORE_ATOL = 3e-5
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +140,26 @@ def test_detections_match_torchvision_by_iou(detector):
     assert got["boxes"][:, 2].max() <= 330 and got["boxes"][:, 3].max() <= 250
 
 
+def _assert_same_up_to_nms_ties(ref, got, nms_thresh):
+    """Every torchvision detection has a Keras one of its label with IoU >= MIN_IOU and the same
+    score, with two exceptions. A box clipped to zero area has no IoU (0 / 0): it must have a Keras
+    box at the same corners (within 0.01 px). And where two candidates of one label overlap beyond
+    the NMS threshold with scores equal within SCORE_ATOL, which one survives is a float tie (seen
+    single-threaded): the Keras detection is then the other one of the pair."""
+    import torch
+    from torchvision.ops import box_iou
+
+    ious, dscore = _match(ref, got)
+    matched = ious >= MIN_IOU
+    assert matched.mean() > 0.95 and (dscore[matched] < SCORE_ATOL).all()
+    rb, rl, rs = ref["boxes"][~matched], ref["labels"][~matched], ref["scores"][~matched]
+    same = (rl[:, None] == got["labels"][None, :]) & \
+        (np.abs(rs[:, None] - got["scores"][None, :]) < SCORE_ATOL)
+    pair = box_iou(torch.from_numpy(rb), torch.from_numpy(got["boxes"])).numpy()
+    corners = np.abs(rb[:, None, :] - got["boxes"][None, :, :]).max(-1) < 1e-2
+    assert (same & ((pair > nms_thresh) | corners)).any(1).all(), (rs, rb)
+
+
 def test_saved_model_keeps_a_varying_number_of_detections(detector, tmp_path):
     """A SavedModel of the post-processing (its serving signature, any image size) reproduces
     torchvision's detections when their number varies per image: at score_thresh 0.5 an image
@@ -176,8 +197,7 @@ def test_saved_model_keeps_a_varying_number_of_detections(detector, tmp_path):
             assert len(ref["boxes"]) == counts[-1]
             assert not out["scores"][0, counts[-1]:].any() and not out["boxes"][0, counts[-1]:].any()
             if counts[-1]:
-                ious, dscore = _match(ref, got)
-                assert (ious >= MIN_IOU).all() and (dscore < SCORE_ATOL).all()
+                _assert_same_up_to_nms_ties(ref, got, module.nms_thresh)
     finally:
         module.score_thresh = default_thresh
     assert 0 < counts[0] < module.detections_per_img and counts[1] == 0, counts
