@@ -4,19 +4,6 @@ timm model mapped by the recipe's rules instead. Imported after conftest has loa
 from helpers import build, copy_weights, eager, plan_for, rel, torch_nhwc
 
 
-def perturbed(module, seed=0):
-    """Every parameter set to noise (BEiT's biases and tables start at 0, its gammas and
-    Mixer's norms at constants: a mapping mistake would hide behind them)."""
-    import numpy as np
-    import torch
-
-    rng = np.random.default_rng(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.from_numpy(rng.standard_normal(tuple(p.shape)).astype(np.float32) * 0.3))
-    return module.eval()
-
-
 def mapped_small(name, module, **kwargs):
     """The recipe's Keras builder with `kwargs`, every tensor of `module` mapped by its rules."""
     from zoo.conversion.mapping import apply_plan
@@ -85,19 +72,3 @@ def assert_other_sizes_refused(name, recipe_file, builder_reason):
     with pytest.raises(zoo.ZooError, match=rf"input_size 96 refused: recipe {recipe_file} "
                                            rf"fixes input 'image' at 224x224 \(.*{builder_reason}"):
         zoo.convert(name, input_size=96)
-
-
-def assert_layernorm_eps_refused(name, module, last, count, **kwargs):
-    """The engine refuses the builder with torch's default LayerNorm eps 1e-5 where timm uses
-    1e-6, naming the first block's norm1 and `last` (torch module, keras layer): `count` in all."""
-    import pytest
-
-    import zoo
-
-    with pytest.raises(zoo.MappingError) as e:
-        plan_for(name, module, build(name, norm_eps=1e-5, **kwargs))
-    msg = str(e.value)
-    assert "eps 1e-06 != keras epsilon 1e-05" in msg
-    for torch_name, keras_name in (("blocks.0.norm1", "block0_norm1"), last):
-        assert f"torch module {torch_name!r} -> keras layer {keras_name!r}" in msg
-    assert f"{count} problem(s)" in msg

@@ -162,17 +162,22 @@ def mapped(name, float64=False, **builder_overrides):
     return (module.double() if float64 else module), model
 
 
-def assert_layernorm_eps_refused(name, source_eps, wrong_eps, first, last, count):
+def assert_layernorm_eps_refused(name, source_eps, wrong_eps, first, last, count, module=None,
+                                 **builder_overrides):
     """The engine refuses `name` built with LayerNorm epsilon `wrong_eps` where the source uses
     `source_eps`, naming every LayerNorm: `first` and `last` as (torch module, keras layer), and
     `count` problems in all (Keras' default 1e-3 and torch's 1e-5 both differ from the 1e-6 of
-    ViT/ConvNeXt-style models: a silently-off model otherwise)."""
+    ViT/ConvNeXt-style models: a silently-off model otherwise). module: a (small) torch module to
+    map instead of the recipe's own; builder_overrides: the matching builder arguments."""
     import pytest
 
     import zoo
 
     with pytest.raises(zoo.MappingError) as e:
-        mapped(name, norm_eps=wrong_eps)
+        if module is None:
+            mapped(name, norm_eps=wrong_eps, **builder_overrides)
+        else:
+            plan_for(name, module, build(name, norm_eps=wrong_eps, **builder_overrides))
     msg = str(e.value)
     assert f"eps {source_eps!r} != keras epsilon {wrong_eps!r}" in msg
     for torch_name, keras_name in (first, last):

@@ -13,15 +13,12 @@ import pytest
 import torch
 from fixed_size_models import (
     assert_headless_features_and_keras_file,
-    assert_layernorm_eps_refused,
     assert_logits_and_blocks,
     assert_other_sizes_refused,
     mapped_small,
-    perturbed,
 )
-from test_family_vit import _assign  # the transform's leaf functions, as the engine applies them
 
-from helpers import random_input, rel
+from helpers import assert_layernorm_eps_refused, assign_leaves, perturbed_params, random_input, rel
 from zoo.layers.relative_position import RelPosAttention, relative_position_index
 from zoo.models.blocks_transformer import attention
 
@@ -48,13 +45,13 @@ def test_relative_position_index_is_timms_buffer(grid):
 def _attention_pair(seed):
     from timm.models.beit import Attention
 
-    tm = perturbed(Attention(DIM, num_heads=HEADS, qkv_bias=True, window_size=GRID), seed)
+    tm = perturbed_params(Attention(DIM, num_heads=HEADS, qkv_bias=True, window_size=GRID), seed)
     inp = keras.Input((GRID[0] * GRID[1] + 1, DIM))
     model = keras.Model(inp, attention(inp, HEADS, "attn", qkv_bias=False,
                                        core=lambda n: RelPosAttention(HEADS, GRID, name=n)))
-    _assign(model.get_layer("attn_qkv"), dict(tm.qkv.named_parameters()), "linear")
-    _assign(model.get_layer("attn_proj"), dict(tm.proj.named_parameters()), "linear")
-    _assign(model.get_layer("attn_attn"), dict(tm.named_parameters(recurse=False)), "identity")
+    assign_leaves(model.get_layer("attn_qkv"), dict(tm.qkv.named_parameters()), "linear")
+    assign_leaves(model.get_layer("attn_proj"), dict(tm.proj.named_parameters()), "linear")
+    assign_leaves(model.get_layer("attn_attn"), dict(tm.named_parameters(recurse=False)), "identity")
     x = np.random.default_rng(seed + 1).standard_normal((2, GRID[0] * GRID[1] + 1, DIM))
     x = x.astype(np.float32)
     with torch.no_grad():
@@ -105,7 +102,7 @@ def small():
     the Keras model of the recipe's builder at that size, mapped by the recipe's rules)."""
     import timm
 
-    module = perturbed(timm.create_model(NAME.split("/")[1], num_classes=10, **SMALL), seed=5)
+    module = perturbed_params(timm.create_model(NAME.split("/")[1], num_classes=10, **SMALL), seed=5)
     return module, mapped_small(NAME, module, **KWARGS)
 
 
@@ -137,4 +134,5 @@ def test_other_input_size_is_refused():
 def test_pitfall_layernorm_eps(small):
     """BEiT's LayerNorms use eps 1e-6; the engine refuses a model built with torch's default
     1e-5, naming the norms of both blocks and fc_norm (5 in all)."""
-    assert_layernorm_eps_refused(NAME, small[0], ("fc_norm", "fc_norm"), 5, **KWARGS)
+    assert_layernorm_eps_refused(NAME, 1e-6, 1e-5, ("blocks.0.norm1", "block0_norm1"),
+                                 ("fc_norm", "fc_norm"), 5, module=small[0], **KWARGS)

@@ -10,15 +10,22 @@ import keras
 import pytest
 from fixed_size_models import (
     assert_headless_features_and_keras_file,
-    assert_layernorm_eps_refused,
     assert_logits_and_blocks,
     assert_other_sizes_refused,
     mapped_small,
-    perturbed,
 )
 
 import zoo.models.mixer as mixer_module
-from helpers import build, copy_weights, eager, random_input, rel, torch_nhwc
+from helpers import (
+    assert_layernorm_eps_refused,
+    build,
+    copy_weights,
+    eager,
+    perturbed_params,
+    random_input,
+    rel,
+    torch_nhwc,
+)
 from zoo.models.blocks_transformer import layer_norm, mlp
 
 NAME = "timm/mixer_b16_224"
@@ -34,7 +41,7 @@ def small():
     from timm.models.mlp_mixer import MlpMixer
 
     # mixer_b16_224 is MlpMixer(patch_size=16, num_blocks=12, embed_dim=768) at 224 px
-    module = perturbed(MlpMixer(num_classes=10, img_size=32, patch_size=8, num_blocks=2,
+    module = perturbed_params(MlpMixer(num_classes=10, img_size=32, patch_size=8, num_blocks=2,
                                 embed_dim=16))
     return module, mapped_small(NAME, module, **KWARGS)
 
@@ -75,7 +82,8 @@ def test_pitfall_token_mixing_needs_the_transpose(small, monkeypatch):
 def test_pitfall_layernorm_eps(small):
     """Mixer's LayerNorms use eps 1e-6; the engine refuses a model built with torch's default
     1e-5, naming both norms of each block and the final one (5 in all)."""
-    assert_layernorm_eps_refused(NAME, small[0], ("norm", "norm"), 5, **KWARGS)
+    assert_layernorm_eps_refused(NAME, 1e-6, 1e-5, ("blocks.0.norm1", "block0_norm1"), ("norm", "norm"), 5,
+                                 module=small[0], **KWARGS)
 
 
 def test_other_input_size_is_refused():

@@ -17,31 +17,23 @@ import torch
 from torch import nn
 
 import zoo
-from helpers import assert_layernorm_eps_refused, build, mapped, plan_for, random_input, rel, torch_nhwc
+from helpers import (
+    assert_layernorm_eps_refused,
+    assign_leaves,
+    build,
+    mapped,
+    perturbed_params,
+    plan_for,
+    random_input,
+    rel,
+    torch_nhwc,
+)
 from zoo.layers.attention import FusedQKVAttention
 from zoo.layers.tokens import SelectToken, TokenEmbedding, bicubic_matrix
 from zoo.models.blocks_transformer import attention
-from zoo.transforms import TRANSFORMS
 
 TOL = 1e-4
 DIM, HEADS, TOKENS = 48, 4, 11
-
-
-def _perturbed(module, seed=0):
-    rng = np.random.default_rng(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.from_numpy(rng.standard_normal(tuple(p.shape)).astype(np.float32) * 0.3))
-    return module.eval()
-
-
-def _assign(layer, torch_tensors, transform):
-    """The transform's leaf functions, as the mapping engine applies them."""
-    t = TRANSFORMS[transform]
-    kvars = {v.path.rsplit("/", 1)[-1]: v for v in layer.weights}
-    for leaf, tensor in torch_tensors.items():
-        kname, fn = t.leaf(leaf)
-        kvars[kname].assign(fn(tensor.detach().numpy(), target_shape=tuple(kvars[kname].shape)))
 
 
 def _keras_attention():
@@ -61,10 +53,10 @@ def test_attention_matches_timm():
     -> Dense, the qkv and proj Linears mapped with `linear`."""
     from timm.models.vision_transformer import Attention
 
-    tm = _perturbed(Attention(DIM, num_heads=HEADS, qkv_bias=True))
+    tm = perturbed_params(Attention(DIM, num_heads=HEADS, qkv_bias=True))
     model, qkv, proj = _keras_attention()
-    _assign(qkv, dict(tm.qkv.named_parameters()), "linear")
-    _assign(proj, dict(tm.proj.named_parameters()), "linear")
+    assign_leaves(qkv, dict(tm.qkv.named_parameters()), "linear")
+    assign_leaves(proj, dict(tm.proj.named_parameters()), "linear")
     x = _tokens()
     with torch.no_grad():
         ref = tm(torch.from_numpy(x)).numpy()
@@ -74,11 +66,11 @@ def test_attention_matches_timm():
 def test_attention_matches_torchvision_multihead_attention():
     """torchvision's nn.MultiheadAttention (packed in_proj, `mha_in_proj`; out_proj `linear`)
     onto the very same Keras layers: both sources order q/k/v features alike."""
-    tm = _perturbed(nn.MultiheadAttention(DIM, HEADS, batch_first=True), seed=2)
+    tm = perturbed_params(nn.MultiheadAttention(DIM, HEADS, batch_first=True), seed=2)
     model, qkv, proj = _keras_attention()
-    _assign(qkv, {"in_proj_weight": tm.in_proj_weight, "in_proj_bias": tm.in_proj_bias},
+    assign_leaves(qkv, {"in_proj_weight": tm.in_proj_weight, "in_proj_bias": tm.in_proj_bias},
             "mha_in_proj")
-    _assign(proj, dict(tm.out_proj.named_parameters()), "linear")
+    assign_leaves(proj, dict(tm.out_proj.named_parameters()), "linear")
     x = _tokens(3)
     with torch.no_grad():
         xt = torch.from_numpy(x)
@@ -91,10 +83,10 @@ def test_pitfall_qkv_head_split_order():
     head_dim) -- a natural reading of "per-head qkv" -- runs with the same shapes and is wrong."""
     from timm.models.vision_transformer import Attention
 
-    tm = _perturbed(Attention(DIM, num_heads=HEADS, qkv_bias=True), seed=4)
+    tm = perturbed_params(Attention(DIM, num_heads=HEADS, qkv_bias=True), seed=4)
     model, qkv, proj = _keras_attention()
-    _assign(qkv, dict(tm.qkv.named_parameters()), "linear")
-    _assign(proj, dict(tm.proj.named_parameters()), "linear")
+    assign_leaves(qkv, dict(tm.qkv.named_parameters()), "linear")
+    assign_leaves(proj, dict(tm.proj.named_parameters()), "linear")
     x = _tokens(5)
     with torch.no_grad():
         ref = tm(torch.from_numpy(x)).numpy()
@@ -243,7 +235,7 @@ def test_small_torchvision_vit_with_the_recipe_rules():
 
     from zoo.conversion.mapping import apply_plan
 
-    module = _perturbed(VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+    module = perturbed_params(VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
                                           hidden_dim=32, mlp_dim=128, num_classes=10), seed=12)
     model = build("torchvision/vit_b_16", depth=2, dim=32, heads=2, patch=8, img_size=32,
                   classes=10)
