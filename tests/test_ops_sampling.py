@@ -34,27 +34,27 @@ MODES = [("nearest", False, False), ("bilinear", False, False), ("bilinear", Tru
          ("bicubic", False, True), ("bilinear", True, True), ("bicubic", True, True)]
 
 
+def _assert_interpolate_is_torchs(mode, align_corners, antialias, **target):
+    """interpolate(x, size= or scale_factor=) against F.interpolate on the same 7 x 10 input."""
+    x = _x()
+    kw = {} if mode == "nearest" else {"align_corners": align_corners, "antialias": antialias}
+    want = _nhwc(F.interpolate(_nchw(x), mode=mode, **target, **kw))
+    got = interpolate(x, mode=mode, **target, **kw).numpy()
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+
+
 @pytest.mark.parametrize("mode,align_corners,antialias", MODES)
 @pytest.mark.parametrize("size", SIZES)
 def test_interpolate_to_a_size(mode, align_corners, antialias, size):
-    x = _x()
-    kw = {} if mode == "nearest" else {"align_corners": align_corners, "antialias": antialias}
-    want = _nhwc(F.interpolate(_nchw(x), size=size, mode=mode, **kw))
-    got = interpolate(x, size=size, mode=mode, **kw).numpy()
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+    _assert_interpolate_is_torchs(mode, align_corners, antialias, size=size)
 
 
 @pytest.mark.parametrize("mode,align_corners,antialias", MODES)
 @pytest.mark.parametrize("factor", [2.0, 0.5, 0.7, (1.5, 0.35)])
 def test_interpolate_by_a_scale_factor(mode, align_corners, antialias, factor):
     # 0.7 on 7 x 10 px: 1/0.7 != 7/4 and 10/7: torch places the samples by 1/scale_factor
-    x = _x()
-    kw = {} if mode == "nearest" else {"align_corners": align_corners, "antialias": antialias}
-    want = _nhwc(F.interpolate(_nchw(x), scale_factor=factor, mode=mode, **kw))
-    got = interpolate(x, scale_factor=factor, mode=mode, **kw).numpy()
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+    _assert_interpolate_is_torchs(mode, align_corners, antialias, scale_factor=factor)
 
 
 def test_tf_image_resize_bicubic_is_not_torchs():
