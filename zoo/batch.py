@@ -117,7 +117,11 @@ def up_to_date(out, name, weights, input_size=None, num_classes=None,
         same_weights = w.get("requested") == weights
     else:
         same_weights = (w.get("checkpoint") or {}).get("sha256") == sha256_file(weights)
-    same_shape = report.get("input_size") == (input_size or variant.input_size) and \
+    # without --input-size a checkpoint of another geometry is validated at its own size
+    # (zoo/conversion/geometry.py), which its report records; otherwise at the recipe's
+    own = ((w.get("checkpoint") or {}).get("geometry") or {}).get("input_size") \
+        if same_weights and weights not in ("auto", "pretrained", "random") else None
+    same_shape = report.get("input_size") == (input_size or own or variant.input_size) and \
         (num_classes is None or report.get("num_classes") == num_classes)
     # a skipped format counts as asked: re-trying it would skip it again
     same_formats = set(report.get("exports") or LEGACY_FORMATS) == set(parse_formats("formats",

@@ -35,11 +35,14 @@ DEFAULT_PREPROCESSING = {
 
 _FAMILY_KEYS = {"family", "description", "license", "input_size", "preprocessing", "tolerance",
                 "classifier", "features", "ignore", "tables", "mapping", "variants", "inputs",
-                "outputs", "feature_layout"}
+                "outputs", "feature_layout", "geometry"}
 _VARIANT_KEYS = {"torch", "keras", "license", "input_size", "preprocessing", "tolerance", "features",
                  "tables", "inputs", "outputs", "tags"}
 _RULE_KEYS = {"torch", "keras", "transform", "args", "only", "skip", "module_type", "note"}
 _PREPROC_KEYS = set(DEFAULT_PREPROCESSING)
+# How a checkpoint tensor tells the geometry it was fine-tuned at (`geometry: {tensor, kind}`);
+# zoo/conversion/geometry.py has one reader per kind.
+GEOMETRY_KINDS = ("pos_embed", "window_table", "grid_table")
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,23 @@ class Recipe:
     # the layout of the torch `features` outputs when it is not the first input's: `tensor` for
     # models whose maps are channels-last in torch too (Swin's (B, H, W, C) stages)
     feature_layout: str | None = None
+    # the checkpoint tensor that tells the patch grid or window a checkpoint was fine-tuned at
+    geometry: "GeometrySpec | None" = None
+
+
+@dataclass(frozen=True)
+class GeometrySpec:
+    tensor: re.Pattern    # full match against state_dict keys; the first match is read
+    kind: str             # one of GEOMETRY_KINDS
+
+
+def _geometry(path, data):
+    if data is None:
+        return None
+    _check_keys(path, "geometry", data, {"tensor", "kind"}, required=("tensor", "kind"))
+    if data["kind"] not in GEOMETRY_KINDS:
+        _fail(path, "geometry.kind", f"must be one of {list(GEOMETRY_KINDS)}, got {data['kind']!r}")
+    return GeometrySpec(_regex(path, "geometry.tensor", data["tensor"]), data["kind"])
 
 
 def _fail(path, where, msg):
@@ -392,7 +412,8 @@ def _parse_recipe(path: Path) -> Recipe:
 
     recipe = Recipe(path, str(data["family"]), str(data.get("description", "")),
                     data.get("classifier"), features, ignore, rules,
-                    feature_layout=_feature_layout(path, data.get("feature_layout")))
+                    feature_layout=_feature_layout(path, data.get("feature_layout")),
+                    geometry=_geometry(path, data.get("geometry")))
     if not isinstance(data["variants"], dict) or not data["variants"]:
         _fail(path, "variants", "expected a non-empty mapping of catalogue name -> variant")
     for name, v in data["variants"].items():

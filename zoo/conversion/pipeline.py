@@ -14,6 +14,7 @@ from zoo.catalog import get_variant, output_dir
 from zoo.constants import STAGES  # noqa: F401 - the stages convert() runs; scripts/convert.py counts them
 from zoo.conversion.divergence import layer_diff
 from zoo.conversion.forward import torch_outputs
+from zoo.conversion.geometry import sized_inputs
 from zoo.conversion.mapping import apply_plan, plan_mapping
 from zoo.conversion.sources import load_torch_model
 from zoo.conversion.torch_first import torch  # noqa: F401 - before keras/tensorflow
@@ -87,7 +88,8 @@ def prepare(name, weights="random", num_classes=None, in_chans=None, *, timings=
     timings = {} if timings is None else timings
     with _stage("load_torch", timings, progress):
         tm = load_torch_model(variant, tag, weights, num_classes, in_chans)
-    in_specs = variant.input_specs(in_chans)
+    # a fixed image size (BEiT) is the checkpoint's when its geometry differs from the recipe's
+    in_specs = sized_inputs(variant.input_specs(in_chans), tm.input_size)
     with _stage("build_keras", timings, progress):
         kwargs = builder_kwargs(variant.builder, {**variant.builder_kwargs, **tm.builder_overrides},
                                 classes=tm.num_classes,
@@ -120,9 +122,12 @@ def _refuse_fixed_size(name, size, in_chans):
                                                       input_shape=[size, size, spec.shape[0]]))
             except ValueError as e:
                 why = str(e)
+            # a recipe that reads a checkpoint's geometry builds both models at its size
+            own = (" (a checkpoint fine-tuned at another size converts at that size, which its "
+                   "tensors tell)") if variant.recipe.geometry else ""
             raise InvalidArgumentError(
                 f"{name}: input_size {size} refused: recipe {variant.recipe.path.name} fixes input "
-                f"{spec.name!r} at {hw[0]}x{hw[1]} ({why}); convert it without input_size")
+                f"{spec.name!r} at {hw[0]}x{hw[1]} ({why}); convert it without input_size{own}")
 
 
 def convert(name: str, weights="random", num_classes: int | None = None,
@@ -154,7 +159,8 @@ def convert(name: str, weights="random", num_classes: int | None = None,
 
     size = input_size or tm.input_size or variant.input_size
     features = dict(variant.features)
-    in_specs, out_specs = variant.input_specs(in_chans), variant.output_specs()
+    in_specs, out_specs = sized_inputs(variant.input_specs(in_chans), tm.input_size), \
+        variant.output_specs()
     with _stage("validate", timings, progress):
         inputs = make_inputs(in_specs, size, tm.preprocessing)
         layout = variant.recipe.feature_layout

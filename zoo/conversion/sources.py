@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 from zoo.constants import CHECKPOINT_SUFFIXES
 from zoo.conversion.forward import run
+from zoo.conversion.geometry import checkpoint_geometry
 from zoo.conversion.torch_first import timm, torch, torchvision
 from zoo.errors import SourceError
 from zoo.export import sha256_file
@@ -34,8 +35,9 @@ class TorchModel:
     # the source's published accuracy of these weights ({"ImageNet-1K": {"acc@1": ...}}), where
     # the library ships it (torchvision's weight meta; timm's wheel has no results tables)
     source_metrics: dict | None = None
-    # what a checkpoint changes in both builders beyond the recipe (a ViT fine-tuned at another
-    # resolution: {"img_size": 384}), and the validation size it implies
+    # what a checkpoint's geometry changes in the Keras builder beyond the recipe (a ViT or BEiT
+    # fine-tuned at another resolution: {"img_size": 384}; a Swin with other windows: {"window":
+    # 12, "img_size": 384}), and the validation size it implies (zoo/conversion/geometry.py)
     builder_overrides: dict = field(default_factory=dict)
     input_size: int | None = None
 
@@ -256,24 +258,6 @@ def read_checkpoint(path) -> dict:
     return _unwrap_state_dict(obj, path)
 
 
-def _checkpoint_img_size(module, state, variant) -> int | None:
-    """The image size a timm ViT-style checkpoint was fine-tuned at, when its position embedding
-    is for another patch grid than the recipe's model (a 224 recipe, a 384 checkpoint); None
-    otherwise (a mismatch of another kind is left to _load_checkpoint to report)."""
-    import math
-
-    own, pos = getattr(module, "pos_embed", None), state.get("pos_embed")
-    if variant.source_kind != "timm" or own is None or pos is None or pos.shape == own.shape \
-            or pos.ndim != 3 or pos.shape[-1] != own.shape[-1]:
-        return None
-    prefix = 0 if getattr(module, "no_embed_class", False) else getattr(module, "num_prefix_tokens", 0)
-    side = math.isqrt(max(pos.shape[1] - prefix, 0))
-    patch = getattr(getattr(module, "patch_embed", None), "patch_size", None)
-    if side < 1 or side * side != pos.shape[1] - prefix or not patch:
-        return None
-    return side * patch[0]
-
-
 def _load_checkpoint(module, state, path, variant):
     own = module.state_dict()
     # Tensors the recipe ignores (num_batches_tracked, auxiliary heads) are never converted, so a
@@ -417,15 +401,17 @@ def load_torch_model(variant: Variant, tag: str | None, weights: str,
         path = Path(weights)
         state = read_checkpoint(path)
         module = _build_random(variant, tag, num_classes, in_chans)
-        img_size = _checkpoint_img_size(module, state, variant)
-        if img_size is not None:
-            # Both models are built for the checkpoint's grid, as timm builds a model created with
-            # img_size=...; resampling the embedding down to the recipe's grid would lose detail
-            # and resample it again at the fine-tuned size.
-            module = _timm_create(variant, tag, num_classes, in_chans, img_size=img_size)
-            overrides, size = {"img_size": img_size}, img_size
+        geometry = checkpoint_geometry(module, state, variant)
+        if geometry is not None:
+            # Both models are built at the checkpoint's grid or window, as timm builds a model
+            # created with these kwargs; resampling its tensors down to the recipe's geometry
+            # would convert another model than the one fine-tuned.
+            module = _timm_create(variant, tag, num_classes, in_chans, **geometry.torch_kwargs)
+            overrides, size = geometry.keras_kwargs, geometry.input_size
         _load_checkpoint(module, state, path, variant)
         kind, ckpt = "checkpoint", {"path": str(path.resolve()), "sha256": sha256_file(path)}
+        if geometry is not None:   # config.json and --resume read it (zoo/batch.py)
+            ckpt["geometry"] = geometry.record()
     if kind != "random":
         check_finite(module.state_dict(), ckpt["path"] if ckpt else f"pretrained {variant.name}")
     module.eval()
