@@ -156,6 +156,51 @@ def test_beit_checkpoint_at_another_resolution(tmp_path, monkeypatch):
     assert config["weights"]["checkpoint"]["geometry"]["shape"] == [124, 4]
 
 
+def test_beit_at_another_input_size_is_resized_as_timm_does(tmp_path, monkeypatch):
+    """--input-size 48 for a BEiT whose recipe and checkpoint are at 32 px: both models are rebuilt
+    at 48, the 4 x 4 grid's tables resized to 6 x 6 by timm's checkpoint filter; the reference is
+    timm's own pretrained loading of that file into a model created at img_size 48."""
+    import timm
+
+    name = _small_recipe(tmp_path, monkeypatch, "beit", BEIT, BEIT_TORCH, BEIT_KERAS,
+                         [["blocks.0", "block0"], ["blocks.1", "block1"]],
+                         inputs=[{"name": "image", "layout": "image", "shape": [3, 32, 32]}])
+    src = perturbed_params(timm.create_model(BEIT.split("/")[1], num_classes=10, **BEIT_TORCH), 6)
+    ckpt = _checkpoint(tmp_path, src)
+    model, report = zoo.convert(name, weights=str(ckpt), num_classes=10, input_size=48)
+    assert report["input_size"] == 48 and report["parity"]["in_memory"]["passed"]
+    assert any("resized to 48 px by timm's checkpoint filter" in w for w in report["warnings"])
+    ref_model = timm.create_model(BEIT.split("/")[1], pretrained=True, num_classes=10,
+                                  pretrained_cfg_overlay={"file": str(ckpt), "num_classes": 10},
+                                  **{**BEIT_TORCH, "img_size": 48})
+    x = random_input(48, 48, seed=7)
+    assert rel(model(x), torch_nhwc(ref_model.eval(), x)) < TOL
+
+
+def test_swin_v2_window_is_given_by_the_variant(tmp_path, monkeypatch):
+    """A timm Swin V2 checkpoint has no window-sized tensor (its coordinate table and index are
+    non-persistent buffers; the position MLP takes any window), so any window loads silently:
+    the window comes from the recipe variant, and with it given (torch window_size, Keras
+    window) a window-6 checkpoint converts and matches timm's window-6 model."""
+    import timm
+
+    name = _small_recipe(tmp_path, monkeypatch, "swin", "timm/swinv2_tiny_window8_256",
+                         {**SWIN_TORCH, "window_size": 6, "img_size": 48},
+                         {**SWIN_KERAS, "window": 6, "img_size": 48},
+                         [["layers.0", "stage1"], ["layers.1", "stage2"]])
+    src = timm.create_model("swinv2_tiny_window8_256", img_size=48, window_size=6,
+                            num_classes=10, **SWIN_TORCH)
+    src = perturbed_params(src, seed=8)
+    window8 = timm.create_model("swinv2_tiny_window8_256", img_size=64, window_size=8,
+                                num_classes=10, **SWIN_TORCH)
+    assert not window8.load_state_dict(src.state_dict()).missing_keys   # nothing tells the window
+    model, report = zoo.convert(name, weights=str(_checkpoint(tmp_path, src)), num_classes=10,
+                                input_size=48)
+    assert report["parity"]["in_memory"]["passed"]
+    x = random_input(48, 48, seed=9)
+    assert rel(model(x), torch_nhwc(src, x)) < TOL
+
+
 def test_every_recipe_geometry_kind_has_a_reader():
     from zoo.conversion.geometry import KINDS
     from zoo.recipe import GEOMETRY_KINDS

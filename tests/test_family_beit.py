@@ -14,11 +14,17 @@ import torch
 from fixed_size_models import (
     assert_headless_features_and_keras_file,
     assert_logits_and_blocks,
-    assert_other_sizes_refused,
     mapped_small,
 )
 
-from helpers import assert_layernorm_eps_refused, assign_leaves, perturbed_params, random_input, rel
+from helpers import (
+    assert_layernorm_eps_refused,
+    assign_leaves,
+    build,
+    perturbed_params,
+    random_input,
+    rel,
+)
 from zoo.layers.relative_position import RelPosAttention, relative_position_index
 from zoo.models.blocks_transformer import attention
 
@@ -124,11 +130,13 @@ def test_headless_features_and_keras_file(small, tmp_path):
 
 # ------------------------------------------------------------------ input size
 
-def test_other_input_size_is_refused():
-    """The table is laid out for one patch grid: the builder refuses another input shape and
-    the conversion refuses --input-size, both saying why, before any model is built."""
-    assert_other_sizes_refused(NAME, r"beit\.yaml",
-                               "relative position bias table is laid out for the 14x14 patch grid")
+def test_other_input_size_is_refused_by_the_builder():
+    """The table is laid out for one patch grid: the builder refuses another input shape, saying
+    why. (--input-size rebuilds both models at that size instead, the tables resized by timm's
+    checkpoint filter: tests/test_checkpoint_geometry.py.)"""
+    with pytest.raises(ValueError, match="relative position bias table is laid out for the "
+                                         "14x14 patch grid"):
+        build(NAME, input_shape=(96, 96, 3))
 
 
 def test_pitfall_layernorm_eps(small):

@@ -127,3 +127,11 @@ def sized_inputs(specs, size):
         return specs
     return tuple(dataclasses.replace(s, shape=(s.shape[0], size, size))
                  if s.layout == "image" and None not in s.shape[1:] else s for s in specs)
+
+
+def resizes_fixed_input(variant) -> bool:
+    """Whether another input size rebuilds this variant's models rather than being refused: a
+    timm source whose recipe fixes the image size (weights laid out per patch position) and
+    names the tensor that carries it (BEiT); timm's checkpoint filter resizes those tensors."""
+    fixed = any(s.layout == "image" and None not in s.shape[1:] for s in variant.input_specs())
+    return fixed and variant.recipe.geometry is not None and variant.source_kind == "timm"

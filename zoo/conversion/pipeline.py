@@ -14,7 +14,7 @@ from zoo.catalog import get_variant, output_dir
 from zoo.constants import STAGES  # noqa: F401 - the stages convert() runs; scripts/convert.py counts them
 from zoo.conversion.divergence import layer_diff
 from zoo.conversion.forward import torch_outputs
-from zoo.conversion.geometry import sized_inputs
+from zoo.conversion.geometry import resizes_fixed_input, sized_inputs
 from zoo.conversion.mapping import apply_plan, plan_mapping
 from zoo.conversion.sources import load_torch_model
 from zoo.conversion.torch_first import torch  # noqa: F401 - before keras/tensorflow
@@ -78,7 +78,7 @@ def float32_error(module, inputs, feature_modules, ref32, tolerance, in_specs, o
 
 
 def prepare(name, weights="random", num_classes=None, in_chans=None, *, timings=None,
-            progress=None, check_hparams=True):
+            progress=None, check_hparams=True, input_size=None):
     """Load the torch model, build the Keras model once, map the weights strictly.
     Returns (variant, torch model, builder kwargs, keras model, mapping plan); the Keras model's
     inputs and outputs carry the names the recipe declares (SignatureError otherwise)."""
@@ -87,7 +87,7 @@ def prepare(name, weights="random", num_classes=None, in_chans=None, *, timings=
     in_chans = positive_int("in_chans", in_chans)
     timings = {} if timings is None else timings
     with _stage("load_torch", timings, progress):
-        tm = load_torch_model(variant, tag, weights, num_classes, in_chans)
+        tm = load_torch_model(variant, tag, weights, num_classes, in_chans, input_size)
     # a fixed image size (BEiT) is the checkpoint's when its geometry differs from the recipe's
     in_specs = sized_inputs(variant.input_specs(in_chans), tm.input_size)
     with _stage("build_keras", timings, progress):
@@ -113,6 +113,8 @@ def _refuse_fixed_size(name, size, in_chans):
     another --input-size is refused rather than silently validated at the fixed size. The
     reason is the Keras builder's own refusal of that input shape, when it gives one."""
     variant, _ = get_variant(name)
+    if resizes_fixed_input(variant):   # rebuilt at that size (sources._resized)
+        return
     for spec in variant.input_specs(in_chans):
         hw = tuple(spec.shape[1:]) if spec.layout == "image" else ()
         if hw and None not in hw and hw != (size, size):
@@ -122,12 +124,9 @@ def _refuse_fixed_size(name, size, in_chans):
                                                       input_shape=[size, size, spec.shape[0]]))
             except ValueError as e:
                 why = str(e)
-            # a recipe that reads a checkpoint's geometry builds both models at its size
-            own = (" (a checkpoint fine-tuned at another size converts at that size, which its "
-                   "tensors tell)") if variant.recipe.geometry else ""
             raise InvalidArgumentError(
                 f"{name}: input_size {size} refused: recipe {variant.recipe.path.name} fixes input "
-                f"{spec.name!r} at {hw[0]}x{hw[1]} ({why}); convert it without input_size{own}")
+                f"{spec.name!r} at {hw[0]}x{hw[1]} ({why}); convert it without input_size")
 
 
 def convert(name: str, weights="random", num_classes: int | None = None,
@@ -155,7 +154,8 @@ def convert(name: str, weights="random", num_classes: int | None = None,
     final = None if out_dir is None else output_dir(output_root("out_dir", out_dir), name)
     timings: dict[str, float] = {}
     variant, tm, kwargs, model, plan = prepare(name, weights, num_classes, in_chans,
-                                               timings=timings, progress=progress)
+                                               timings=timings, progress=progress,
+                                               input_size=input_size)
 
     size = input_size or tm.input_size or variant.input_size
     features = dict(variant.features)

@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 from zoo.constants import CHECKPOINT_SUFFIXES
 from zoo.conversion.forward import run
-from zoo.conversion.geometry import checkpoint_geometry
+from zoo.conversion.geometry import checkpoint_geometry, resizes_fixed_input
 from zoo.conversion.torch_first import timm, torch, torchvision
 from zoo.errors import SourceError
 from zoo.export import sha256_file
@@ -383,9 +383,22 @@ def source_metrics(variant, tag) -> dict | None:
     return {k: dict(v) for k, v in metrics.items()} if metrics else None
 
 
+def _resized(variant, tag, num_classes, in_chans, module, size):
+    """timm's model built for img_size `size`, with `module`'s weights loaded through timm's own
+    checkpoint filter (the model file's `checkpoint_filter_fn`), which resizes what is laid out
+    per patch position -- BEiT's tables, by resize_rel_pos_bias_table -- exactly as timm does when
+    it loads pretrained weights into a model created at another img_size."""
+    resized = _timm_create(variant, tag, num_classes, in_chans, img_size=size)
+    filter_fn = importlib.import_module(type(module).__module__).checkpoint_filter_fn
+    resized.load_state_dict(filter_fn(module.state_dict(), resized))
+    return resized
+
+
 def load_torch_model(variant: Variant, tag: str | None, weights: str,
-                     num_classes: int | None = None, in_chans: int | None = None) -> TorchModel:
-    """weights: 'random' (perturbed), 'pretrained', or a checkpoint path."""
+                     num_classes: int | None = None, in_chans: int | None = None,
+                     input_size: int | None = None) -> TorchModel:
+    """weights: 'random' (perturbed), 'pretrained', or a checkpoint path. input_size: the size
+    asked for; a model whose recipe fixes its size (BEiT) is rebuilt at it (`_resized`)."""
     overrides, size = {}, None
     if weights == "random":
         with torch.random.fork_rng(devices=[]):   # reproducible init, caller's RNG untouched
@@ -414,12 +427,19 @@ def load_torch_model(variant: Variant, tag: str | None, weights: str,
             ckpt["geometry"] = geometry.record()
     if kind != "random":
         check_finite(module.state_dict(), ckpt["path"] if ckpt else f"pretrained {variant.name}")
+    resize_note = None
+    if input_size is not None and resizes_fixed_input(variant) and \
+            input_size != (size or variant.input_size):
+        module = _resized(variant, tag, num_classes, in_chans, module, input_size)
+        resize_note = (f"{variant.name}: weights laid out for {size or variant.input_size} px "
+                       f"resized to {input_size} px by timm's checkpoint filter")
+        overrides, size = {**overrides, "img_size": input_size}, input_size
     module.eval()
     pre, license_, names, tag = _metadata(variant, tag, module, kind)
     n_cls = _num_classes(module, variant, num_classes)
     images = [s for s in variant.input_specs(in_chans) if s.layout == "image"]
     chans = images[0].shape[0] if images else None
-    warnings = []
+    warnings = [resize_note] if resize_note else []
     if kind == "random":
         warnings.append(f"{variant.name}: RANDOM weights (perturbed, seed {PERTURB_SEED}): "
                         "the converted model is for parity testing only")
