@@ -60,7 +60,7 @@ def test_convert_all_converts_declared_inputs_and_outputs_and_logs_full_errors(b
         assert row["max_rel"] < 1e-5, (name, row)
         assert sorted(row["outputs"]) == sorted(OUTPUTS[name]), row
         report = json.loads((tmp / "out" / name / "report.json").read_text())
-        for fmt in ("in_memory", "weights.h5", "keras"):   # the default formats
+        for fmt in ("in_memory", "weights.h5"):   # the default format
             parity = report["parity"][fmt]
             assert parity["passed"] and sorted(parity["outputs"]) == sorted(OUTPUTS[name]), fmt
         with np.load(tmp / "out" / name / "golden.npz") as z:
@@ -70,7 +70,7 @@ def test_convert_all_converts_declared_inputs_and_outputs_and_logs_full_errors(b
     assert index["user/two_inputs"]["inputs"] == {"image": [32, 32, 3], "meta": [8]}
     # classification metrics only where an output is one
     report = json.loads((tmp / "out" / "user/landmarks" / "report.json").read_text())
-    assert all("top1" not in m for m in report["parity"]["keras"]["outputs"].values())
+    assert all("top1" not in m for m in report["parity"]["weights.h5"]["outputs"].values())
     assert report["num_classes"] is None
     # per-output parity in the summary
     summary = (tmp / "out" / "SUMMARY.md").read_text()
@@ -137,7 +137,7 @@ def test_convert_py_prints_parity_per_output(tmp_path):
            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     proc = run_script("convert.py", "user/two_inputs", "--out", tmp_path / "out", env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("keras"))
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("weights.h5"))
     assert "score" in line and "embedding" in line and "top-1 1.000" in line and "ok" in line
 
 

@@ -1,11 +1,13 @@
 """scripts/convert_all.py: worker per model, failures reported and survived, resume, shards."""
 import json
+import os
 
 import pytest
 
 from helpers import SMALL, run_script, user_recipes_env
 from zoo import catalog
 from zoo.batch import BatchError, select
+from zoo.threads import THREAD_VARS
 
 CRASHING_MODULE = '''
 import os, signal
@@ -65,6 +67,41 @@ def test_batch_survives_failures_and_resumes(tmp_path, extra_recipes):
     proc = run_script("validate_all.py", "--out", out)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert "2/2 models pass" in proc.stdout
+
+
+THREADS_MODULE = '''
+import json, os
+import torch
+def record(**kwargs):
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+    with open(os.environ["ZOO_TEST_THREADS_LOG"], "a") as f:
+        row = {"torch": torch.get_num_threads(), **{v: os.environ.get(v) for v in names}}
+        f.write(json.dumps(row) + "\\n")
+    raise RuntimeError("threads recorded")
+'''
+
+
+def test_jobs_share_the_cores_between_workers(tmp_path, monkeypatch):
+    """--jobs 2: each worker runs torch and TensorFlow on half the cores (two full-size pools
+    oversubscribe them); a thread count the user set explicitly is kept."""
+    for var in THREAD_VARS:
+        monkeypatch.delenv(var, raising=False)   # the xdist worker running this test sets them
+    monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "3")
+    log = tmp_path / "threads.jsonl"
+    record = {"torch": {"source": "python:threadmod:record"},
+              "keras": {"builder": "resnet", "kwargs": {"block": "basic", "depths": [1, 1, 1, 1]}}}
+    env = user_recipes_env(tmp_path, {"test/threads_a": record, "test/threads_b": record},
+                           "threadmod", THREADS_MODULE)
+    proc = run_script("convert_all.py", "--only", "test/threads_*", "--weights", "random",
+                      "--jobs", 2, "--out", tmp_path / "out", env={**env, "ZOO_TEST_THREADS_LOG": str(log)})
+    assert proc.returncode == 1 and "threads recorded" in proc.stdout + proc.stderr, proc.stderr[-2000:]
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(rows) == 2, rows
+    for row in rows:
+        assert row["torch"] == share, row
+        assert row["OMP_NUM_THREADS"] == row["MKL_NUM_THREADS"] == str(share), row
+        assert row["TF_NUM_INTRAOP_THREADS"] == str(share) and row["TF_NUM_INTEROP_THREADS"] == "3", row
 
 
 def test_shards_partition_the_catalogue():

@@ -85,22 +85,21 @@ def _files(folder):
     return {p.name for p in folder.iterdir()}
 
 
-def test_default_formats_are_weights_and_keras_only(user_models):
+def test_default_format_is_one_copy_of_the_weights(user_models):
     _model, report = zoo.convert("user/landmarks", out_dir=user_models / "out")
     folder = user_models / "out" / "user" / "landmarks"
-    assert _files(folder) == META | {"model.weights.h5", "model.keras"}
-    assert json.loads((folder / "config.json").read_text())["formats"] == ["weights.h5", "keras"]
-    assert report["exports"] == {"weights.h5": {"file": "model.weights.h5"},
-                                 "keras": {"file": "model.keras"}}
-    assert set(report["parity"]) == {"in_memory", "weights.h5", "keras"}
+    assert _files(folder) == META | {"model.weights.h5"}
+    assert json.loads((folder / "config.json").read_text())["formats"] == ["weights.h5"]
+    assert report["exports"] == {"weights.h5": {"file": "model.weights.h5"}}
+    assert set(report["parity"]) == {"in_memory", "weights.h5"}
     assert is_complete(folder)
     results = validate_files(folder)
-    assert set(results) == {"weights.h5", "keras"} and all(r["passed"] for r in results.values())
+    assert set(results) == {"weights.h5"} and all(r["passed"] for r in results.values())
     # --resume: up to date for the formats it was written with, not for others
     out = user_models / "out"
     assert up_to_date(out, "user/landmarks", "random")["exports"] == report["exports"]
-    assert up_to_date(out, "user/landmarks", "random", formats="keras,weights.h5") is not None
-    assert up_to_date(out, "user/landmarks", "random", formats="weights.h5,keras,tflite") is None
+    assert up_to_date(out, "user/landmarks", "random", formats="weights.h5") is not None
+    assert up_to_date(out, "user/landmarks", "random", formats="weights.h5,keras") is None
     # publish finds the .weights.h5 it serves; --saved-model refuses a model written without one
     release = user_models / "release"
     index, refused = build_release([out], release, allow_random=True)
@@ -109,8 +108,16 @@ def test_default_formats_are_weights_and_keras_only(user_models):
     assert "converted without saved_model" in refused["user/landmarks"], refused
     assert "--formats" in refused["user/landmarks"]
     # a recorded format whose file is gone: the folder is no longer complete
-    (folder / "model.keras").unlink()
+    (folder / "model.weights.h5").unlink()
     assert not is_complete(folder)
+
+
+def test_a_folder_written_without_weights_h5_says_what_it_has(user_models):
+    zoo.convert("user/landmarks", out_dir=user_models / "keras_only", formats="keras")
+    folder = user_models / "keras_only" / "user" / "landmarks"
+    assert _files(folder) == META | {"model.keras"}
+    with pytest.raises(zoo.ZooError, match=r"model\.keras .*load_model.*--formats including weights\.h5"):
+        zoo.create_model("user/landmarks", pretrained=folder)
 
 
 def test_multi_output_model_in_every_opt_in_format_validates_by_name(user_models):

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from zoo import catalog
-from zoo.constants import WEIGHTS_FILE
+from zoo.constants import FORMAT_FILES, WEIGHTS_FILE
 from zoo.errors import ZooError
 
 log = logging.getLogger("zoo")
@@ -35,7 +35,7 @@ def list_models(pattern: str | None = None, pretrained: bool = False) -> list[st
 def convert(name, weights="random", num_classes=None, out_dir=None, in_chans=None,
             input_size=None, progress=None, formats=None, inference=None):
     """Convert a catalogue model (needs torch; see zoo.conversion.pipeline.convert). formats: a
-    comma list or sequence out of zoo.constants.FORMATS (default `weights.h5,keras`)."""
+    comma list or sequence out of zoo.constants.FORMATS (default `weights.h5`)."""
     from zoo.conversion.pipeline import convert as _convert
     return _convert(name, weights=weights, num_classes=num_classes, in_chans=in_chans,
                     out_dir=out_dir, input_size=input_size, progress=progress, formats=formats,
@@ -51,7 +51,10 @@ def _config_for(path) -> tuple[dict, Path]:
     else:
         raise ZooError(f"{path}: expected an outputs/<name> folder or a .weights.h5 file")
     if not weights.is_file():
-        raise ZooError(f"{weights} does not exist")
+        keras_file = weights.parent / FORMAT_FILES["keras"]
+        hint = (f"; the folder has {keras_file.name} (load it with keras.saving.load_model), or "
+                "convert again with --formats including weights.h5") if keras_file.is_file() else ""
+        raise ZooError(f"{weights} does not exist{hint}")
     if not cfg.is_file():
         raise ZooError(f"{cfg} does not exist (it records the builder and its arguments)")
     return json.loads(cfg.read_text()), weights

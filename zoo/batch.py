@@ -35,6 +35,7 @@ from zoo.export import (
     write_json,
     write_text,
 )
+from zoo.threads import share_per_process, thread_env
 from zoo.validate import output_summary
 from zoo.versions import library_versions
 
@@ -200,7 +201,7 @@ def summary_table(rows: dict) -> str:
 
 
 class _Worker:
-    def __init__(self, name, job, tmpdir, log_dir, out):
+    def __init__(self, name, job, tmpdir, log_dir, out, threads):
         self.name = name
         self.folder = catalog.output_dir(out, name)
         self.timed_out = None
@@ -214,8 +215,8 @@ class _Worker:
         self.stage = "starting"
         self.proc = subprocess.Popen([sys.executable, "-m", "zoo.conversion.worker", str(job_path),
                                       str(self.result_path)], stdout=subprocess.PIPE,
-                                     stderr=self.log, text=True, env={**os.environ,
-                                                                      "TF_CPP_MIN_LOG_LEVEL": "2"})
+                                     stderr=self.log, text=True,
+                                     env=thread_env(threads, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}))
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self):
@@ -283,6 +284,8 @@ def run_batch(names, weights="auto", jobs=1, out="outputs", resume=False, input_
     slots = [tqdm(total=len(STAGES), position=i + 1, leave=False, file=stream,
                   bar_format="  {desc}: {n_fmt}/{total_fmt} stages") for i in range(jobs)]
     running: dict[int, _Worker] = {}
+    # --jobs N shares the cores: each worker gets cores // N threads for torch and TensorFlow
+    threads = share_per_process(jobs)
     # job/result files live under --out (not /tmp): a killed batch leaves them where the next
     # run sweeps them (the parent's pid tells a dead batch from a concurrent live one)
     with tempfile.TemporaryDirectory(prefix=f".batch-{os.getpid()}-", dir=out) as tmp:
@@ -290,7 +293,7 @@ def run_batch(names, weights="auto", jobs=1, out="outputs", resume=False, input_
             for i in range(jobs):
                 if i not in running and queue:
                     name, job = queue.pop(0)
-                    running[i] = _Worker(name, job, tmp, out / ".logs", out)
+                    running[i] = _Worker(name, job, tmp, out / ".logs", out, threads)
             time.sleep(0.2)
             for i, w in list(running.items()):
                 desc = f"{w.name} [{w.stage}]"

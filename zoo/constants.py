@@ -13,13 +13,14 @@ STAGES = ("load_torch", "build_keras", "map_weights", "validate", "export", "rel
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 # Export formats a conversion can write, and the file or folder each one is in the model folder.
-# The default keeps outputs small (issue 11: the three always-written formats made the catalogue
-# 29 GB): `.weights.h5` is what create_model/publish/download use, `.keras` the self-contained
-# model; SavedModel, LiteRT/TFLite and ONNX are asked for with --formats.
+# The default is one copy of the weights (issue 11: the three always-written formats made the
+# catalogue 29 GB; `.keras` beside `.weights.h5` is the same weights in a second wrapper):
+# `.weights.h5` is what create_model/publish/download use. The self-contained `.keras`, SavedModel,
+# LiteRT/TFLite and ONNX are asked for with --formats.
 FORMAT_FILES = {"weights.h5": "model.weights.h5", "keras": "model.keras",
                 "saved_model": "saved_model", "tflite": "model.tflite", "onnx": "model.onnx"}
 FORMATS = tuple(FORMAT_FILES)
-DEFAULT_FORMATS = ("weights.h5", "keras")
+DEFAULT_FORMATS = ("weights.h5",)
 # --inference: how the serving formats (SavedModel, LiteRT/TFLite, ONNX) are written. "fold":
 # BatchNorm and layer scale merged into the preceding layer (zoo/fold.py); "xla": folded, and the
 # SavedModel's serving function compiled with XLA. The Keras formats stay unfolded (trainable).

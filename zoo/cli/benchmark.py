@@ -23,6 +23,7 @@ from pathlib import Path
 from zoo.arguments import cli, output_root, positive_int, positive_seconds
 from zoo.cli import DIST, require_convert_extra
 from zoo.constants import STAGES
+from zoo.threads import THREAD_VARS
 
 # What the worker exports: the default formats (their export time is part of a conversion's cost)
 # and the two files whose runtimes are timed.
@@ -58,9 +59,8 @@ def run_one(name: str, job: dict, tmp: Path, timeout: float | None, on_stage) ->
     job_path, result_path, log_path = (stem.with_suffix(s) for s in (".job.json", ".json", ".log"))
     job_path.write_text(json.dumps({**job, "name": name}))
     threads = str(job["threads"])
-    # the OpenMP/MKL pools of both frameworks take the same size as their thread settings
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": threads,
-           "MKL_NUM_THREADS": threads}
+    # every pool of both frameworks takes --threads, whatever the caller's environment says
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **dict.fromkeys(THREAD_VARS, threads)}
     start = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "zoo.conversion.benchmark", str(job_path),
