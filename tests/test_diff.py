@@ -109,6 +109,54 @@ def test_tanh_gelu_instead_of_exact(recipes):
                                   "keras gelu (tanh approximation)"]
 
 
+def _small_swin(recipes, name, edit=lambda data, v: None):
+    """A 2-stage timm Swin (16 channels, window 4) with the catalogue recipe's rules."""
+    def small(data, v):
+        v["torch"]["kwargs"] = {"dynamic_img_size": True, "embed_dim": 16, "depths": [2, 2],
+                                "num_heads": [2, 2], "window_size": 4, "img_size": 32,
+                                "num_classes": 10}
+        v["keras"]["kwargs"] = {"depths": [2, 2], "heads": [2, 2], "dim": 16, "window": 4,
+                                "img_size": 32}
+        v["features"] = [["layers.0", "stage1"], ["layers.1", "stage2"]]
+        edit(data, v)
+    _recipe_copy(recipes, ROOT / "recipes" / "swin.yaml", "timm/swin_tiny_patch4_window7_224",
+                 name, small)
+
+
+def test_swin_within_tolerance_has_no_divergent_layer(recipes):
+    """timm Swin permutes to NHWC after its patch-embedding conv (`feature_layout: tensor`), runs
+    its attention and MLP on merged axes ((B*windows, N, C), (B, H*W, C)), and its `attn` module,
+    which owns the bias table, ends with `proj`. At 40 px the maps pad to whole windows."""
+    _small_swin(recipes, "test/swin")
+    result = diff_layers("test/swin", input_size=40)
+    assert result["first_divergent"] is None, format_diff(result)
+    rows = {r["torch"]: r for r in result["rows"]}
+    assert rows["patch_embed.proj"]["input_max_rel"] == 0.0   # the image, NCHW in torch
+    # the attention core: between qkv and proj in the table, compared with proj's torch input
+    names = [r["torch"] for r in result["rows"]]
+    attn = names.index("layers.1.blocks.1.attn")
+    assert names[attn - 1:attn + 2] == ["layers.1.blocks.1.attn.qkv", "layers.1.blocks.1.attn",
+                                        "layers.1.blocks.1.attn.proj"]
+    assert rows["layers.1.blocks.1.attn"]["torch_tensor"] == "the input of layers.1.blocks.1.attn.proj"
+    assert len(rows) == 34 and all(r["ok"] for r in rows.values())
+
+
+def test_swin_wrong_position_bias_is_named(recipes, request):
+    """The bias table's rows reversed (the offset sign) in one block: the attention core of that
+    block is named, with its input (the qkv output) agreeing."""
+    request.addfinalizer(lambda: TRANSFORMS.pop("bias_table_reversed", None))
+    register(Transform("bias_table_reversed", {"relative_position_bias_table": (
+        "relative_position_bias_table", lambda a, **_: a[::-1].copy())}, "test only"))
+
+    def edit(data, v):
+        data["mapping"].insert(0, {"torch": r"layers\.1\.blocks\.0\.attn",
+                                   "keras": "stage2_block0_attn", "transform": "bias_table_reversed"})
+    _small_swin(recipes, "test/swin_bias", edit)
+    first = diff_layers("test/swin_bias", input_size=40)["first_divergent"]
+    assert (first["torch"], first["keras"]) == ("layers.1.blocks.0.attn", "stage2_block0_attn")
+    assert "its input agrees" in first["where"]
+
+
 def test_cli_prints_the_table_and_writes_json(tmp_path):
     proc = run_script("diff_layers.py", "torchvision/resnet18", "--input-size", SMALL, "--json",
                       tmp_path / "d.json")

@@ -12,7 +12,7 @@ import numpy as np
 from zoo.conversion.flatten_order import CHW, HWC, describe, find, keras_permute, same
 from zoo.conversion.forward import as_inputs, feature_layout, run
 from zoo.conversion.torch_first import torch
-from zoo.io_spec import to_torch
+from zoo.io_spec import LAYOUTS, to_torch
 from zoo.validate import compare, feed
 
 F = torch.nn.functional
@@ -218,6 +218,74 @@ def _norm_output_module(module):
     return module
 
 
+# torch's convolution and normalisation kernels take and give channels-first tensors (NCHW,
+# NCL) whatever layout a model keeps between them: timm Swin's patch embedding is an NCHW conv
+# whose output is then permuted to the NHWC of every later module (`feature_layout: tensor`)
+_CHANNELS_FIRST = (torch.nn.modules.conv._ConvNd, torch.nn.modules.batchnorm._BatchNorm,
+                   torch.nn.GroupNorm, torch.nn.modules.instancenorm._InstanceNorm)
+_CHANNELS_FIRST_LAYOUT = {4: "image", 3: "sequence"}
+
+
+def _module_layout(module, ndim, declared):
+    """The torch layout of a module's input and output: channels-first for the modules above,
+    else the recipe's (`feature_layout`, or the first input's)."""
+    if isinstance(module, _CHANNELS_FIRST) and ndim in _CHANNELS_FIRST_LAYOUT:
+        return _CHANNELS_FIRST_LAYOUT[ndim]
+    return declared
+
+
+def _as_torch(keras_array, torch_array, preferred):
+    """A Keras tensor laid out as its torch twin: in the preferred layout when the shapes then
+    agree; else in the layout that makes them agree (torch permutes between modules: ConvNeXt's
+    NHWC Linear blocks in an NCHW model); else reshaped row-major to torch's shape when the sizes
+    and the channel (last) axis agree: torch merges axes that Keras keeps apart, which moves no
+    value (Swin's (B*windows, N, C) windows and (B, H*W, C) tokens against Keras'
+    (B, nh, nw, N, C) and (B, H, W, C)). Otherwise in the preferred layout (shapes differ)."""
+    keras_array = np.asarray(keras_array)
+    if torch_array is None:
+        return to_torch(keras_array, preferred)
+    shape = np.shape(torch_array)
+    for layout in (preferred, *LAYOUTS):
+        arr = to_torch(keras_array, layout)
+        if arr.shape == shape:
+            return arr
+    if keras_array.size == np.size(torch_array) and keras_array.shape[-1:] == shape[-1:]:
+        return keras_array.reshape(shape)
+    return to_torch(keras_array, preferred)
+
+
+def _containers(pairs, layers) -> dict:
+    """Torch modules that run compared submodules and whose Keras twin sits between the twins of
+    two of them: timm Swin's `attn` owns the position-bias table and runs qkv, the attention and
+    proj, its Keras twin is the attention core alone. {module: (before, after)}: the twin reads
+    what the twin of `before` gives (None: not a compared layer) and gives what the twin of
+    `after` reads, so it is compared with torch's tensors there, not with the module's output
+    (proj's, compared on its own row)."""
+    found = {}
+    for tname, kname in pairs:
+        inner = [(t, layers[k]) for t, k in pairs if t.startswith(tname + ".")]
+        twin = layers[kname]
+        after = next((t for t, layer in inner if _keras_input(layer) is twin.output), None)
+        if after is not None:
+            found[tname] = (next((t for t, layer in inner
+                                  if layer.output is _keras_input(twin)), None), after)
+    return found
+
+
+def _execution_order(order, inside, captured) -> list:
+    """Torch's hook order, each container's row moved to just before the submodule that reads
+    its twin's output (the container's own hook fires last, after that submodule's)."""
+    ahead = {after: t for t, (_, after) in inside.items()}
+    sequence = []
+    for tname in order:
+        if tname in inside:
+            continue
+        if tname in ahead and ahead[tname] in captured:
+            sequence.append(ahead[tname])
+        sequence.append(tname)
+    return sequence
+
+
 def layer_diff(tm, model, plan, inputs, tolerance, in_specs=None, layout=None) -> dict:
     """Per-layer comparison in torch execution order; the first divergent layer and a diagnosis.
     layout: the torch layout of the layer outputs when the recipe declares one
@@ -256,15 +324,22 @@ def layer_diff(tm, model, plan, inputs, tolerance, in_specs=None, layout=None) -
 
     outs = [t for k in layers for t in (_keras_input(layers[k]), layers[k].output)]
     res = keras.Model(model.input, outs).predict_on_batch(feed(model, inputs))
-    kres = {k: (to_torch(np.asarray(res[2 * i]), layout), to_torch(np.asarray(res[2 * i + 1]), layout))
-            for i, k in enumerate(layers)}
+    kres = {k: (res[2 * i], res[2 * i + 1]) for i, k in enumerate(layers)}   # Keras layout
 
     by_torch = dict(pairs)
+    # containers whose inner submodule never ran as a module (a functional F.linear) keep the
+    # module's own tensors
+    inside = {t: c for t, c in _containers(pairs, layers).items() if c[1] in consumed}
     rows, first, prev_out, last_map = [], None, None, None
-    for tname in order:
+    for tname in _execution_order(order, inside, captured):
         kname = by_torch[tname]
         x_t, y_t = captured[tname]
-        x_k, y_k = kres[kname]
+        if tname in inside:
+            before, after = inside[tname]
+            x_t = captured[before][1] if before in captured else x_t
+            y_t = consumed[after]
+        own = _module_layout(modules[tname], np.ndim(y_t), layout)
+        x_k, y_k = (_as_torch(a, t, own) for a, t in zip(kres[kname], (x_t, y_t)))
         op = None
         if tname in fused:
             y_t, op = consumers.found.get(tname, (y_t, None))
@@ -274,6 +349,8 @@ def layer_diff(tm, model, plan, inputs, tolerance, in_specs=None, layout=None) -
                "input_max_rel": _rel(x_t, x_k) if x_t is not None else None}
         if tname in fused:
             row["fused"] = {"keras": fused[tname], "torch": op}
+        if tname in inside:
+            row["torch_tensor"] = f"the input of {inside[tname][1]}"
         row["ok"] = bool(m["max_rel"] <= tolerance)
         rows.append(row)
         if first is None and not row["ok"]:
