@@ -206,3 +206,23 @@ def test_every_recipe_geometry_kind_has_a_reader():
     from zoo.recipe import GEOMETRY_KINDS
 
     assert set(KINDS) == set(GEOMETRY_KINDS)
+
+
+@pytest.mark.parametrize("geometry, message", [
+    ({"tensor": "pos_embed", "kind": "grid"}, r"geometry\.kind: must be one of \['pos_embed'"),
+    ({"tensor": "pos_embed"}, r"geometry: missing required key\(s\) \['kind'\]"),
+    ({"tensor": "(", "kind": "pos_embed"}, r"geometry\.tensor: bad regular expression"),
+])
+def test_recipe_geometry_is_checked(tmp_path, geometry, message):
+    """A recipe's `geometry:` is checked when it is loaded, naming the file and the problem."""
+    import yaml
+
+    from helpers import ROOT
+    from zoo.recipe import load_recipe
+
+    data = yaml.safe_load((ROOT / "recipes" / "vit.yaml").read_text())
+    data["geometry"] = geometry
+    path = tmp_path / "vit.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(zoo.RecipeError, match=rf"vit\.yaml: {message}"):
+        load_recipe(path)
