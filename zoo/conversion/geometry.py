@@ -15,7 +15,7 @@ heads, another width) is left to the checkpoint loader, which lists every mismat
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from zoo.errors import SourceError
 
@@ -118,20 +118,23 @@ def checkpoint_geometry(module, state, variant) -> Geometry | None:
     return Geometry(key, tuple(state[key].shape), torch_kwargs, keras_kwargs, size)
 
 
+def _fixed_image(spec) -> bool:
+    return spec.layout == "image" and None not in spec.shape[1:]
+
+
 def sized_inputs(specs, size):
     """The recipe's inputs with a fixed image height and width (BEiT: `[3, 224, 224]`) set to
-    the checkpoint's geometry `size` (None: unchanged)."""
-    import dataclasses
-
+    `size`, the size the models were built at (the checkpoint's geometry, or the input size they
+    were rebuilt at); None: unchanged."""
     if size is None:
         return specs
-    return tuple(dataclasses.replace(s, shape=(s.shape[0], size, size))
-                 if s.layout == "image" and None not in s.shape[1:] else s for s in specs)
+    return tuple(replace(s, shape=(s.shape[0], size, size)) if _fixed_image(s) else s
+                 for s in specs)
 
 
 def resizes_fixed_input(variant) -> bool:
     """Whether another input size rebuilds this variant's models rather than being refused: a
     timm source whose recipe fixes the image size (weights laid out per patch position) and
     names the tensor that carries it (BEiT); timm's checkpoint filter resizes those tensors."""
-    fixed = any(s.layout == "image" and None not in s.shape[1:] for s in variant.input_specs())
+    fixed = any(_fixed_image(s) for s in variant.input_specs())
     return fixed and variant.recipe.geometry is not None and variant.source_kind == "timm"
