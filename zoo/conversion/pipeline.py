@@ -109,9 +109,10 @@ def prepare(name, weights="random", num_classes=None, in_chans=None, *, timings=
 
 def _refuse_fixed_size(name, size, in_chans):
     """An image input whose recipe fixes its height and width (weights laid out per patch
-    position: BEiT's relative position bias, MLP-Mixer's token MLP) runs at that size only:
-    another --input-size is refused rather than silently validated at the fixed size. The
-    reason is the Keras builder's own refusal of that input shape, when it gives one."""
+    position: MLP-Mixer's token MLP) runs at that size only: another --input-size is refused
+    rather than silently validated at the fixed size. The reason is the Keras builder's own
+    refusal of that input shape, when it gives one. A timm model whose recipe names the tensor
+    that carries its size (BEiT's tables) is rebuilt at the new size instead, as timm does."""
     variant, _ = get_variant(name)
     if resizes_fixed_input(variant):   # rebuilt at that size (sources._resized)
         return
