@@ -123,6 +123,20 @@ def test_table_that_fits_no_window_is_refused(swin, tmp_path):
         zoo.convert(name, weights=str(path), num_classes=10)
 
 
+def test_mismatch_that_geometry_does_not_explain_is_listed(swin, tmp_path):
+    """With the window read from the tables, what else differs is still reported by the
+    checkpoint loader's precise message, and only that (the tables fit the rebuilt model)."""
+    name, src, _ = swin
+    state = src.state_dict()
+    state["norm.weight"] = torch.ones(33)   # the last stage is 32 wide
+    path = tmp_path / "wider_norm.pth"
+    torch.save(state, path)
+    with pytest.raises(zoo.ZooError) as e:
+        zoo.convert(name, weights=str(path), num_classes=10)
+    assert r"shape mismatches (1): norm.weight: checkpoint (33,) vs model (32,)" in str(e.value)
+    assert "relative_position_bias_table" not in str(e.value)
+
+
 def test_torchvision_swin_checkpoint_with_another_window_is_refused(tmp_path):
     """torchvision's swin_t hard-codes window_size [7, 7]: a checkpoint with 12 x 12 windows is
     refused in one line saying what to do (checked before the rest of the checkpoint is read:
