@@ -6,11 +6,24 @@ from keras import ops
 def fused_attention(qkv, num_heads, bias=None):
     """(B, N, 3 * heads * head_dim) -> (B, N, heads * head_dim): softmax(q k^T / sqrt(head_dim)
     [+ bias]) v per head, heads concatenated. bias: added to the logits before the softmax,
-    broadcast to (B, heads, N, N) (BEiT's relative position bias)."""
+    broadcast to (B, heads, N, N) (BEiT's relative position bias).
+
+    Written for TensorFlow's CPU kernels (docs/performance.md): one transpose puts q, k, v in
+    (B, heads, N, head_dim), so that both products are batched matmuls over (B, heads) that need
+    no transpose of their own (the einsum contracts head_dim of q and k directly) and the second
+    one writes (B, N, heads, head_dim), the layout of the output. The scale multiplies q
+    (N x head_dim) rather than the logits (N x N), as timm's unfused path does.
+    keras.ops.dot_product_attention took (B, N, heads, head_dim) slices of the fused tensor and
+    transposed q, k, v and its output inside two einsums: 25-50 % slower at ViT shapes."""
     dim = qkv.shape[-1] // 3
+    head_dim = dim // num_heads
     shape = ops.shape(qkv)
-    qkv = ops.reshape(qkv, (shape[0], shape[1], 3, num_heads, dim // num_heads))
-    out = ops.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], bias=bias)
+    qkv = ops.transpose(ops.reshape(qkv, (shape[0], shape[1], 3, num_heads, head_dim)),
+                        (2, 0, 3, 1, 4))
+    logits = ops.einsum("bhqd,bhkd->bhqk", qkv[0] * head_dim ** -0.5, qkv[1])
+    if bias is not None:
+        logits = logits + bias
+    out = ops.einsum("bhqk,bhkd->bqhd", ops.softmax(logits, axis=-1), qkv[2])
     return ops.reshape(out, (shape[0], shape[1], dim))
 
 
@@ -23,8 +36,7 @@ class FusedQKVAttention(keras.layers.Layer):
     `in_proj_weight` (nn.MultiheadAttention); both order its features as (3, heads, head_dim)
     — q|k|v, then head-major — which is the reshape here (timm: `reshape(B, N, 3, H, D)`).
     Splitting (heads, 3, head_dim) instead would still run and be wrong
-    (tests/test_family_vit.py). keras.ops.dot_product_attention takes (B, N, heads, head_dim)
-    as is, so there is no transpose and no Python loop over heads; the backend may fuse it.
+    (tests/test_family_vit.py). No Python loop over heads: see `fused_attention`.
     """
 
     def __init__(self, num_heads, **kwargs):

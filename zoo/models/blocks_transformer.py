@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import keras
 
 from zoo.layers.attention import FusedQKVAttention
+from zoo.layers.gelu import GELU
+from zoo.layers.layer_norm import LayerNorm
 from zoo.layers.layer_scale import LayerScale
 from zoo.models.blocks import activation
 
@@ -29,7 +31,8 @@ def fixed_input_size(builder):
 
 
 def layer_norm(x, eps, name):
-    return keras.layers.LayerNormalization(axis=-1, epsilon=eps, name=name)(x)
+    # a LayerNormalization (same variables and config) with a cheaper TensorFlow graph
+    return LayerNorm(axis=-1, epsilon=eps, name=name)(x)
 
 
 def patch_embed(x, dim, patch, name):
@@ -45,7 +48,8 @@ def mlp(x, hidden, name, names=("fc1", "act", "fc2"), act="gelu"):
     passes the network's own to some, e.g. SiLU in MobileViT)."""
     fc1, act_name, fc2 = (f"{name}_{n}" for n in names)
     y = keras.layers.Dense(hidden, name=fc1)(x)
-    y = activation(y, act, act_name)   # "gelu": Keras 3's approximate=False, torch's nn.GELU()
+    # exact GELU as torch's nn.GELU(); zoo's layer has a cheaper graph than Activation("gelu")
+    y = GELU(name=act_name)(y) if act == "gelu" else activation(y, act, act_name)
     return keras.layers.Dense(x.shape[-1], name=fc2)(y)
 
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import keras
 
+from zoo.layers.gelu import GELU
 from zoo.layers.grn import GlobalResponseNorm
+from zoo.layers.layer_norm import LayerNorm
 from zoo.layers.layer_scale import LayerScale
 from zoo.models.blocks import application, pooled_top, residual_add, stage_end
 
@@ -27,7 +29,8 @@ _LAYER_SCALES = (None, "timm", "torchvision")
 
 
 def _norm(x, eps, name):
-    return keras.layers.LayerNormalization(axis=-1, epsilon=eps, name=name)(x)
+    # a LayerNormalization (same variables and config) with a cheaper TensorFlow graph
+    return LayerNorm(axis=-1, epsilon=eps, name=name)(x)
 
 
 def _pointwise(x, units, conv_mlp, name):
@@ -42,8 +45,8 @@ def _block(x, dim, *, mlp_ratio, conv_mlp, grn, layer_scale, ls_init, norm_eps, 
     y = keras.layers.DepthwiseConv2D(7, padding="same", use_bias=True, name=f"{name}_conv_dw")(x)
     y = _norm(y, norm_eps, f"{name}_norm")
     y = _pointwise(y, int(mlp_ratio * dim), conv_mlp, f"{name}_fc1")
-    # nn.GELU / timm GELU are the exact erf form; "gelu" in Keras 3 is exact too (approximate=False).
-    y = keras.layers.Activation("gelu", name=f"{name}_act")(y)
+    # nn.GELU / timm GELU are the exact erf form, as zoo's GELU layer by default.
+    y = GELU(name=f"{name}_act")(y)
     if grn:
         y = GlobalResponseNorm(epsilon=1e-6, name=f"{name}_grn")(y)
     y = _pointwise(y, dim, conv_mlp, f"{name}_fc2")
