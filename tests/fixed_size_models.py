@@ -1,7 +1,7 @@
 """Checks for families whose models run at one input size (BEiT, MLP-Mixer): tests/test_catalogue.py
 skips them (it runs every model at small sizes), so their family tests run these on a small real
 timm model mapped by the recipe's rules instead. Imported after conftest has loaded torch."""
-from helpers import build, copy_weights, eager, plan_for, rel, torch_nhwc
+from helpers import assert_saved_model_reproduces, build, copy_weights, eager, plan_for, rel, torch_nhwc
 
 
 def mapped_small(name, module, **kwargs):
@@ -33,10 +33,11 @@ def assert_logits_and_blocks(module, model, x, depth):
         assert rel(got, captured[f"block{i}"]) < 1e-5, i
 
 
-def assert_headless_features_and_keras_file(name, module, model, x, tmp_path, **kwargs):
+def assert_headless_features_and_files(name, module, model, x, tmp_path, **kwargs):
     """What the catalogue checks: include_top=False ends at timm's forward_features;
     features_only gives every block with timm's feature_info channels and reduction; the
-    `.keras` file reloads in safe mode to the same function. Returns the reloaded model."""
+    `.keras` file reloads in safe mode to the same function; the SavedModel's serving signature
+    gives timm's logits. Returns the reloaded model."""
     import keras
     import numpy as np
     import torch
@@ -56,6 +57,7 @@ def assert_headless_features_and_keras_file(name, module, model, x, tmp_path, **
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
     np.testing.assert_array_equal(eager(loaded, x)[0], eager(model, x)[0])
+    assert_saved_model_reproduces(model, x, torch_nhwc(module, x), tmp_path)
     return loaded
 
 

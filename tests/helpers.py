@@ -357,3 +357,14 @@ def assign_leaves(layer, tensors, transform="linear"):
     for leaf, tensor in tensors.items():
         kname, fn = t.leaf(leaf)
         kvars[kname].assign(fn(tensor.detach().numpy(), target_shape=tuple(kvars[kname].shape)))
+
+
+def assert_saved_model_reproduces(model, x, want, tmp_path, tol=1e-5):
+    """The model's SavedModel, exported as the pipeline exports it, run through its
+    serving_default signature (what TF Serving runs), gives torch's logits `want` on `x`."""
+    from zoo.export import save_model_files
+    from zoo.validate import saved_model_outputs
+
+    save_model_files(model, tmp_path, ["saved_model"])
+    got = saved_model_outputs(tmp_path / "saved_model", {"image": x})["outputs"]["logits"]
+    assert rel(got, want) < tol

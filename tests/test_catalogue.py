@@ -166,6 +166,36 @@ def test_parity_at_odd_non_square_size(case):
     _assert_parity(case, random_input(*_odd_size(case.module), seed=3))
 
 
+def _first_of_each(families) -> list:
+    """The first configuration of each of these recipe families, marked like `case`'s params."""
+    firsts = {}
+    for name in CONFIGURATIONS:
+        firsts.setdefault(get_variant(name)[0].recipe.family, name)
+    return [pytest.param(firsts[f], marks=pytest.mark.xdist_group(firsts[f])) for f in families
+            if f in firsts]
+
+
+# The serving export is the slowest step of a conversion (Swin-T: ~50 s on two busy cores), so it
+# runs for one configuration of each transformer family that runs at free sizes. Convolutional
+# SavedModels are run by test_convert, test_formats and the segmentation/detection tests; the
+# fixed-size transformers (BEiT, MLP-Mixer, MaxViT, LeViT) by their family tests on small models.
+@pytest.mark.parametrize("case", _first_of_each(("vit", "swin", "mobilevit")), indirect=True)
+def test_saved_model_serving_signature_matches_torch(case, tmp_path):
+    """The SavedModel's serving_default signature (what TF Serving runs: free batch and spatial
+    axes, outputs by name) against torch, held to the recipe's tolerance."""
+    from zoo.export import save_model_files
+    from zoo.io_spec import image_batch
+    from zoo.validate import compare_outputs, saved_model_outputs
+
+    x = image_batch(case.size, 3, case.variant.preprocessing)
+    save_model_files(case.model, tmp_path, ["saved_model"])
+    (spec,) = case.variant.input_specs()
+    specs = case.variant.output_specs()
+    got = saved_model_outputs(tmp_path / "saved_model", {spec.name: x}, specs)
+    result = compare_outputs(_torch_outputs(case, x), got, case.variant.tolerance, specs)
+    assert result["passed"], result
+
+
 def test_keras_file_round_trip(case, tmp_path):
     """The `.keras` file reloads (custom layers registered, safe mode) to the same function."""
     import keras
@@ -198,7 +228,7 @@ def _headless_reference(case, x):
             channels_last = case.variant.recipe.feature_layout == "tensor"
         else:
             target = module.avgpool if hasattr(module, "avgpool") else \
-                module.get_submodule(case.variant.recipe.classifier)
+                module.get_submodule(case.variant.classifier)
             captured = {}
             hook = target.register_forward_pre_hook(
                 lambda _m, args: captured.setdefault("x", args[0].detach().clone()))

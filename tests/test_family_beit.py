@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from fixed_size_models import (
-    assert_headless_features_and_keras_file,
+    assert_headless_features_and_files,
     assert_logits_and_blocks,
     mapped_small,
 )
@@ -122,7 +122,7 @@ def test_headless_features_and_keras_file(small, tmp_path):
     """include_top=False ends at timm's forward_features (tokens; `norm` is the identity under
     fc_norm), features_only and feature_info are timm's, the `.keras` file reloads (the gamma
     paths and the grid kept)."""
-    loaded = assert_headless_features_and_keras_file(NAME, *small, random_input(32, 32, seed=7),
+    loaded = assert_headless_features_and_files(NAME, *small, random_input(32, 32, seed=7),
                                                      tmp_path, **KWARGS)
     assert {"block0/gamma_1", "block0/gamma_2"} <= {v.path for v in loaded.weights}
     assert loaded.get_layer("block1_attn_attn").grid == (4, 4)

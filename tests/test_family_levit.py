@@ -16,7 +16,15 @@ from fixed_size_models import assert_other_sizes_refused
 from torch import nn
 
 import zoo
-from helpers import copy_weights, eager, plan_for, random_input, rel, torch_nhwc
+from helpers import (
+    assert_saved_model_reproduces,
+    copy_weights,
+    eager,
+    plan_for,
+    random_input,
+    rel,
+    torch_nhwc,
+)
 from zoo.catalog import get_variant
 from zoo.conversion.mapping import apply_plan, plan_mapping
 from zoo.conversion.sources import perturb_
@@ -162,7 +170,8 @@ def test_small_levit_matches_timm(small):
 def test_headless_features_and_keras_file(small, tmp_path):
     """include_top=False ends at timm's forward_features (pooled: its mean over the tokens);
     features_only returns the three stages with timm's feature_info channels and reductions;
-    the `.keras` file reloads to the same function."""
+    the `.keras` file reloads to the same function, the SavedModel's serving signature gives
+    timm's logits."""
     module, model = small
     x = random_input(SIZE, SIZE, seed=6)
     build = dict(dims=SMALL["embed_dim"], depths=SMALL["depth"], heads=SMALL["num_heads"],
@@ -183,6 +192,7 @@ def test_headless_features_and_keras_file(small, tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
     np.testing.assert_array_equal(eager(loaded, x)[0], eager(model, x)[0])
+    assert_saved_model_reproduces(model, x, _stages(module, x)[0], tmp_path, 1e-4)
 
 
 def test_other_input_sizes_are_refused():

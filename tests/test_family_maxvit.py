@@ -19,7 +19,16 @@ import pytest
 import torch
 from fixed_size_models import assert_other_sizes_refused
 
-from helpers import build, copy_weights, eager, plan_for, random_input, rel
+from helpers import (
+    assert_saved_model_reproduces,
+    build,
+    copy_weights,
+    eager,
+    plan_for,
+    random_input,
+    rel,
+    torch_nhwc,
+)
 from zoo.io_spec import default_inputs
 from zoo.layers.gelu import GELU
 from zoo.layers.partition_attention import (
@@ -257,7 +266,8 @@ def test_features_and_keras_file(small_timm, tmp_path):
     """What tests/test_catalogue.py checks, on the small model: the last feature stage (where
     include_top=False ends: the body's output) is timm's forward_features; features_only gives
     stem + 4 stages with timm's feature_info channels and reductions, and their maps; the
-    `.keras` file reloads in safe mode to the same function."""
+    `.keras` file reloads in safe mode to the same function; the SavedModel's serving signature
+    gives timm's logits."""
     from zoo.models import feature_info
 
     module, model = small_timm
@@ -277,6 +287,7 @@ def test_features_and_keras_file(small_timm, tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
     np.testing.assert_array_equal(eager(loaded, x)[0], eager(model, x)[0])
+    assert_saved_model_reproduces(model, x, torch_nhwc(module, x), tmp_path, TOL)
 
 
 def test_pitfall_tanh_gelu_and_tf_same_padding(small_timm):

@@ -9,7 +9,7 @@ import zoo.conversion.torch_first  # noqa: F401  (torch, torchvision, timm befor
 import keras
 import pytest
 from fixed_size_models import (
-    assert_headless_features_and_keras_file,
+    assert_headless_features_and_files,
     assert_logits_and_blocks,
     assert_other_sizes_refused,
     mapped_small,
@@ -56,7 +56,7 @@ def test_small_mixer_with_the_recipe_rules(small):
 def test_headless_features_and_keras_file(small, tmp_path):
     """include_top=False ends at timm's forward_features (normalised tokens), features_only and
     feature_info are timm's, the `.keras` file reloads to the same function."""
-    assert_headless_features_and_keras_file(NAME, *small, random_input(32, 32, seed=2), tmp_path,
+    assert_headless_features_and_files(NAME, *small, random_input(32, 32, seed=2), tmp_path,
                                             **KWARGS)
 
 
