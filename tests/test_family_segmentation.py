@@ -2,7 +2,7 @@
 torch's F.interpolate, the dilated backbones' hyper-parameters against torchvision's modules, the
 per-pixel metrics, and one model end to end (perturbed weights) at a non-square size through
 the validation code. Parity of every configuration at small and odd sizes, the .keras round trip
-and features_only are tested in tests/test_catalogue.py (recipes/segmentation.yaml, lraspp.yaml)."""
+and features_only are tested in tests/test_catalogue.py (recipes/segmentation.yaml)."""
 import dataclasses
 
 import keras

@@ -93,6 +93,52 @@ def test_minimal_recipe_loads_with_defaults(tmp_path):
         .variants["timm/resnet18"].fingerprint()
 
 
+def test_variant_classifier_overrides_the_recipes(tmp_path):
+    data = minimal()
+    data["classifier"] = "fc"
+    data["variants"]["timm/resnet34"] = dict(data["variants"]["timm/resnet18"],
+                                             classifier="head.fc")
+    recipe = load_recipe(write(tmp_path, data))
+    own, inherited = recipe.variants["timm/resnet34"], recipe.variants["timm/resnet18"]
+    assert (recipe.classifier, own.classifier, inherited.classifier) == ("fc", "head.fc", "fc")
+    # the fingerprint (--resume) changes only for a variant that declares its own
+    del data["variants"]["timm/resnet34"]
+    again = load_recipe(write(tmp_path, data, "again.yaml")).variants["timm/resnet18"]
+    assert inherited.fingerprint() == again.fingerprint()
+    data["variants"]["timm/resnet18"]["classifier"] = "head.fc"
+    declared = load_recipe(write(tmp_path, data, "declared.yaml")).variants["timm/resnet18"]
+    assert declared.fingerprint() != inherited.fingerprint()
+
+
+@pytest.mark.parametrize("value", ["", "head fc", "head..fc", ".fc", "fc.", 5, ["fc"]])
+def test_bad_classifier_is_refused_naming_the_key(tmp_path, value):
+    data = minimal()
+    data["classifier"] = value
+    contains(load_error(tmp_path, data), ": classifier: expected a torch module path", repr(value))
+    data = minimal()
+    data["variants"]["timm/resnet18"]["classifier"] = value
+    contains(load_error(tmp_path, data), "variant 'timm/resnet18'.classifier",
+             "expected a torch module path")
+
+
+def test_torchvision_maxvit_checkpoint_with_other_classes(tmp_path):
+    """torchvision's MaxVit has no `num_classes` attribute and its head is `classifier.5` (the
+    recipe's `head.fc` is timm's): a 10-class checkpoint is refused with the --num-classes hint
+    (loading it with --num-classes 10 would add seconds of check_finite to this test)."""
+    import torch
+    import torchvision
+
+    from zoo.catalog import get_variant
+    from zoo.conversion.sources import load_torch_model
+    from zoo.errors import SourceError
+
+    variant, _ = get_variant("torchvision/maxvit_t")
+    path = tmp_path / "ten_classes.pt"
+    torch.save(torchvision.models.maxvit_t(num_classes=10).state_dict(), path)
+    with pytest.raises(SourceError, match="classifier has 10 classes: pass --num-classes 10"):
+        load_torch_model(variant, None, str(path), None, None)
+
+
 # ----------------------------------------------------------------------------------------- errors
 
 def test_invalid_yaml_syntax(tmp_path):

@@ -37,9 +37,11 @@ _FAMILY_KEYS = {"family", "description", "license", "input_size", "preprocessing
                 "classifier", "features", "ignore", "tables", "mapping", "variants", "inputs",
                 "outputs", "feature_layout", "geometry"}
 _VARIANT_KEYS = {"torch", "keras", "license", "input_size", "preprocessing", "tolerance", "features",
-                 "tables", "inputs", "outputs", "tags"}
+                 "tables", "inputs", "outputs", "tags", "classifier"}
 _RULE_KEYS = {"torch", "keras", "transform", "args", "only", "skip", "module_type", "note"}
 _PREPROC_KEYS = set(DEFAULT_PREPROCESSING)
+# a torch module path (`fc`, `head.fc`, `classifier.5`): attribute names and Sequential indices
+MODULE_PATH = re.compile(r"(?:[A-Za-z_]\w*|\d+)(?:\.(?:[A-Za-z_]\w*|\d+))*")
 # How a checkpoint tensor tells the geometry it was fine-tuned at (`geometry: {tensor, kind}`);
 # zoo/conversion/geometry.py has one reader per kind.
 GEOMETRY_KINDS = ("pos_embed", "window_table", "grid_table")
@@ -91,6 +93,9 @@ class Variant:
     # The source's weight sets this variant lists (`timm/resnet50.a1_in1k`); the first is what the
     # untagged name means. Empty for `python:` sources, whose weights are the user's checkpoints.
     tags: tuple[str, ...] = ()
+    # The variant's own `classifier` when its head is not where the recipe's others have it
+    # (LR-ASPP among the segmentation models, torchvision's MaxViT among timm's); None: the recipe's.
+    own_classifier: str | None = None
 
     @property
     def default_tag(self) -> str | None:
@@ -114,6 +119,12 @@ class Variant:
 
     def output_specs(self) -> tuple:
         return DEFAULT_OUTPUTS if self.outputs is None else self.outputs
+
+    @property
+    def classifier(self) -> str | None:
+        """Torch module path of the classification layer, whose weight's first axis is the class
+        count (read from a module that does not say it, and named in the --num-classes hint)."""
+        return self.own_classifier or self.recipe.classifier
 
     @property
     def classifies(self) -> bool:
@@ -145,6 +156,8 @@ class Variant:
             payload["feature_layout"] = self.recipe.feature_layout
         if self.outputs is not None:
             payload["outputs"] = [s.to_json() for s in self.outputs]
+        if self.own_classifier is not None:   # it can change the class count read from torch
+            payload["classifier"] = self.own_classifier
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -223,6 +236,13 @@ def _positive_number(path, where, value, kind=float):
         return positive_number(value, kind)
     except ValueError as e:
         _fail(path, where, str(e))
+
+
+def _classifier(path, where, value):
+    if value is not None and not (isinstance(value, str) and MODULE_PATH.fullmatch(value)):
+        _fail(path, where, f"expected a torch module path such as 'fc' or 'classifier.5', "
+                           f"got {value!r}")
+    return value
 
 
 def _feature_layout(path, value):
@@ -411,7 +431,7 @@ def _parse_recipe(path: Path) -> Recipe:
     rules = [_rule(path, i, r) for i, r in enumerate(data["mapping"])]
 
     recipe = Recipe(path, str(data["family"]), str(data.get("description", "")),
-                    data.get("classifier"), features, ignore, rules,
+                    _classifier(path, "classifier", data.get("classifier")), features, ignore, rules,
                     feature_layout=_feature_layout(path, data.get("feature_layout")),
                     geometry=_geometry(path, data.get("geometry")))
     if not isinstance(data["variants"], dict) or not data["variants"]:
@@ -448,6 +468,7 @@ def _parse_recipe(path: Path) -> Recipe:
             **{k: _io(path, f"{where}.{k}", k, v[k]) if k in v else base_io[k]
                for k in ("inputs", "outputs")},
             tags=_tags(path, f"{where}.tags", v.get("tags"), src),
+            own_classifier=_classifier(path, f"{where}.classifier", v.get("classifier")),
             recipe=recipe)
     for r in rules:
         for g in r.only + r.skip:

@@ -274,7 +274,7 @@ def _load_checkpoint(module, state, path, variant):
             if items:
                 more = f" ... and {len(items) - 20} more" if len(items) > 20 else ""
                 lines.append(f"  {title} ({len(items)}): {', '.join(items[:20])}{more}")
-        clf = variant.recipe.classifier
+        clf = variant.classifier
         if clf and f"{clf}.weight" in state and f"{clf}.weight" in own and \
                 state[f"{clf}.weight"].shape[0] != own[f"{clf}.weight"].shape[0]:
             lines.append(f"  the checkpoint's classifier has {state[f'{clf}.weight'].shape[0]} "
@@ -461,7 +461,7 @@ def _num_classes(module, variant, override):
     n = getattr(module, "num_classes", None)
     if isinstance(n, int):
         return n
-    clf = variant.recipe.classifier
+    clf = variant.classifier
     sd = module.state_dict()
     if clf and f"{clf}.weight" in sd:
         return int(sd[f"{clf}.weight"].shape[0])

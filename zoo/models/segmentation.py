@@ -1,6 +1,6 @@
 """torchvision's semantic segmentation models (`torchvision.models.segmentation`): FCN and
 DeepLabV3 on a dilated ResNet-50 or MobileNetV3-Large, LR-ASPP on MobileNetV3-Large. Targets of
-recipes/segmentation.yaml and recipes/lraspp.yaml.
+recipes/segmentation.yaml.
 
 The backbones are the classifiers' bodies (zoo/models/resnet.py, zoo/models/mobilenet.py) with
 their dilation options, so their layers keep the classifier recipes' names. The heads' layers are
