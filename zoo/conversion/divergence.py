@@ -289,7 +289,8 @@ def _execution_order(order, inside, captured) -> list:
 def layer_diff(tm, model, plan, inputs, tolerance, in_specs=None, layout=None) -> dict:
     """Per-layer comparison in torch execution order; the first divergent layer and a diagnosis.
     layout: the torch layout of the layer outputs when the recipe declares one
-    (`feature_layout`; Swin's maps are NHWC in torch)."""
+    (`feature_layout`; Swin's maps are NHWC in torch); convs and norms are read channels-first
+    whatever it says, and any row in the layout its shapes fit (`_as_torch`)."""
     import keras
 
     inputs, in_specs = as_inputs(inputs, in_specs)
