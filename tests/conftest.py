@@ -8,7 +8,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # default pools (torch's OpenMP threads spin while waiting) the two workers oversubscribe
     # the cores and the suite is no faster than one process; single-threaded it is ~1.45x faster.
     # Set before torch and TensorFlow are imported: both read these once, at start-up.
-    from zoo.threads import share_per_process, thread_env
+    from zoo.worker_env import share_per_process, thread_env
 
     os.environ.update(thread_env(share_per_process(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1)))))
 # torch, torchvision and timm must be imported before tensorflow/keras (else: segfault).

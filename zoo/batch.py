@@ -35,9 +35,9 @@ from zoo.export import (
     write_json,
     write_text,
 )
-from zoo.threads import share_per_process, thread_env
 from zoo.validate import output_summary
 from zoo.versions import library_versions
+from zoo.worker_env import share_per_process, worker_env
 
 
 class BatchError(ValueError):
@@ -216,7 +216,7 @@ class _Worker:
         self.proc = subprocess.Popen([sys.executable, "-m", "zoo.conversion.worker", str(job_path),
                                       str(self.result_path)], stdout=subprocess.PIPE,
                                      stderr=self.log, text=True,
-                                     env=thread_env(threads, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}))
+                                     env=worker_env(threads, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}))
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self):

@@ -246,12 +246,16 @@ def save_golden(model_dir, inputs: dict, ref: dict) -> None:
     np.savez(Path(model_dir) / GOLDEN, **arrays)
 
 
-def validate_files(model_dir, inputs=None, ref=None) -> dict:
+def validate_files(model_dir, inputs=None, ref=None, model=None) -> dict:
     """Re-run every exported file in `model_dir` (the formats its config.json records) and compare
     with the golden reference, output by output by name.
 
-    Returns {format: comparison}, each with "passed"; used right after export and by
-    scripts/validate_all.py long after, without torch."""
+    model: the Keras model the files were just written from (the conversion). Its `.weights.h5`
+    is then loaded back into it instead of into a second build of the same builder call: the
+    file is what is validated, and a rebuild would hold a third copy of the weights at the
+    worker's peak (issue 11). Without it (validate_all, long after) the recorded builder
+    rebuilds the model. Returns {format: comparison}, each with "passed"; used right after
+    export and by scripts/validate_all.py, without torch."""
     from zoo.constants import FORMAT_FILES
     from zoo.export import written_formats
 
@@ -265,10 +269,13 @@ def validate_files(model_dir, inputs=None, ref=None) -> dict:
     results = {}
     for fmt in written_formats(config):
         path = model_dir / FORMAT_FILES[fmt]
-        if fmt in ("weights.h5", "keras"):
-            model = _load_keras(config, path)
+        if fmt == "weights.h5" and model is not None:
+            model.load_weights(path)
             out = keras_outputs(model, inputs, feats, specs)
-            del model
+        elif fmt in ("weights.h5", "keras"):
+            loaded = _load_keras(config, path)
+            out = keras_outputs(loaded, inputs, feats, specs)
+            del loaded
         else:
             out = RUNNERS[fmt](path, inputs, specs)
         results[fmt] = compare_outputs(ref, out, tol, specs)

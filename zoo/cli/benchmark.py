@@ -23,7 +23,7 @@ from pathlib import Path
 from zoo.arguments import cli, output_root, positive_int, positive_seconds
 from zoo.cli import DIST, require_convert_extra
 from zoo.constants import STAGES
-from zoo.threads import THREAD_VARS
+from zoo.worker_env import ALLOCATOR_ENV, THREAD_VARS
 
 # What the worker exports: the default formats (their export time is part of a conversion's cost)
 # and the two files whose runtimes are timed.
@@ -60,7 +60,9 @@ def run_one(name: str, job: dict, tmp: Path, timeout: float | None, on_stage) ->
     job_path.write_text(json.dumps({**job, "name": name}))
     threads = str(job["threads"])
     # every pool of both frameworks takes --threads, whatever the caller's environment says
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **dict.fromkeys(THREAD_VARS, threads)}
+    # and the allocator is set as convert_all's workers have it, so peak RSS is theirs
+    env = {**ALLOCATOR_ENV, **os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+           **dict.fromkeys(THREAD_VARS, threads)}
     start = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "zoo.conversion.benchmark", str(job_path),

@@ -6,6 +6,7 @@ import errno
 import os
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from zoo import faults
@@ -38,11 +39,12 @@ FORMAT_VERSION = 2   # 2: named inputs/outputs in config.json, golden.npz and th
 
 @contextmanager
 def _stage(name, timings, progress):
+    """Time a stage (a stage run in two parts adds up; announce only the first to progress)."""
     if progress:
         progress(name)
     t0 = time.perf_counter()
     yield
-    timings[name] = round(time.perf_counter() - t0, 3)
+    timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - t0, 3)
 
 
 @contextmanager
@@ -82,12 +84,24 @@ def prepare(name, weights="random", num_classes=None, in_chans=None, *, timings=
     """Load the torch model, build the Keras model once, map the weights strictly.
     Returns (variant, torch model, builder kwargs, keras model, mapping plan); the Keras model's
     inputs and outputs carry the names the recipe declares (SignatureError otherwise)."""
+    timings = {} if timings is None else timings
+    variant, tm, in_chans = _load(name, weights, num_classes, in_chans, timings, progress,
+                                  input_size)
+    kwargs, model, plan = _build_and_map(name, variant, tm, in_chans, timings, progress,
+                                         check_hparams)
+    return variant, tm, kwargs, model, plan
+
+
+def _load(name, weights, num_classes, in_chans, timings, progress, input_size):
     variant, tag = get_variant(name)
     num_classes = positive_int("num_classes", num_classes)
     in_chans = positive_int("in_chans", in_chans)
-    timings = {} if timings is None else timings
     with _stage("load_torch", timings, progress):
         tm = load_torch_model(variant, tag, weights, num_classes, in_chans, input_size)
+    return variant, tm, in_chans
+
+
+def _build_and_map(name, variant, tm, in_chans, timings, progress, check_hparams=True):
     # a fixed image size (BEiT) is the checkpoint's when its geometry differs from the recipe's
     in_specs = sized_inputs(variant.input_specs(in_chans), tm.input_size)
     with _stage("build_keras", timings, progress):
@@ -104,7 +118,10 @@ def prepare(name, weights="random", num_classes=None, in_chans=None, *, timings=
                             check_hparams=check_hparams)
         faults.point("map_weights")
         apply_plan(model, plan)
-    return variant, tm, kwargs, model, plan
+    # The converted arrays now live in the Keras variables; a plan holding them too would keep a
+    # third copy of the weights for the rest of the conversion. Diagnosis needs only the names.
+    plan = [replace(a, array=None) for a in plan]
+    return kwargs, model, plan
 
 
 def _refuse_fixed_size(name, size, in_chans):
@@ -154,23 +171,26 @@ def convert(name: str, weights="random", num_classes: int | None = None,
     inference = parse_inference("inference", inference, formats)
     final = None if out_dir is None else output_dir(output_root("out_dir", out_dir), name)
     timings: dict[str, float] = {}
-    variant, tm, kwargs, model, plan = prepare(name, weights, num_classes, in_chans,
-                                               timings=timings, progress=progress,
-                                               input_size=input_size)
-
+    variant, tm, in_chans = _load(name, weights, num_classes, in_chans, timings, progress,
+                                  input_size)
     size = input_size or tm.input_size or variant.input_size
     features = dict(variant.features)
     in_specs, out_specs = sized_inputs(variant.input_specs(in_chans), tm.input_size), \
         variant.output_specs()
-    with _stage("validate", timings, progress):
+    layout = variant.recipe.feature_layout
+    # The torch side of validation runs before the Keras model exists: its float64 copy (twice
+    # the weights) is gone before the Keras weights arrive, which keeps the worker's peak memory
+    # near one model in each framework.
+    with _stage("validate", timings, None):
         inputs = make_inputs(in_specs, size, tm.preprocessing)
-        layout = variant.recipe.feature_layout
         ref = torch_outputs(tm.module, inputs, features, in_specs, out_specs, layout=layout)
+        floor = float32_error(tm.module, inputs, features, ref, variant.tolerance, in_specs,
+                              out_specs, layout)
+    kwargs, model, plan = _build_and_map(name, variant, tm, in_chans, timings, progress)
+    with _stage("validate", timings, progress):
         parity = {"in_memory": compare_outputs(
             ref, keras_outputs(model, inputs, list(features.values()), out_specs),
             variant.tolerance, out_specs)}
-        floor = float32_error(tm.module, inputs, features, ref, variant.tolerance, in_specs,
-                              out_specs, layout)
         serving, folded = None, None
         if inference:
             from zoo.fold import fold_for_inference
@@ -222,6 +242,7 @@ def convert(name: str, weights="random", num_classes: int | None = None,
     if out_dir is None:
         report["status"] = "passed"
         return model, report
+    tm.module = None   # not needed past validation: freed before the exports and the reload
 
     config = {
         "format_version": FORMAT_VERSION, "name": name, "family": variant.recipe.family,
@@ -246,7 +267,7 @@ def convert(name: str, weights="random", num_classes: int | None = None,
             config["formats"] = [f for f, e in exports.items() if "skipped" not in e]
             write_json(tmp / "config.json", config)
         with _stage("reload_validate", timings, progress):
-            parity.update(validate_files(tmp, inputs, ref))
+            parity.update(validate_files(tmp, inputs, ref, model))
         failed = [fmt for fmt, p in parity.items() if not p["passed"]]
         report["status"] = "failed" if failed else "passed"
         if failed:

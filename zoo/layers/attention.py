@@ -23,7 +23,10 @@ def fused_attention(qkv, num_heads, bias=None):
     logits = ops.einsum("bhqd,bhkd->bhqk", qkv[0] * head_dim ** -0.5, qkv[1])
     if bias is not None:
         logits = logits + bias
-    out = ops.einsum("bhqk,bhkd->bqhd", ops.softmax(logits, axis=-1), qkv[2])
+    # one key (MobileViT's 1-token sequences at tiny inputs): the softmax is 1, and
+    # ops.softmax would warn that it is
+    attn = ops.ones_like(logits) if logits.shape[-1] == 1 else ops.softmax(logits, axis=-1)
+    out = ops.einsum("bhqk,bhkd->bqhd", attn, qkv[2])
     return ops.reshape(out, (shape[0], shape[1], dim))
 
 

@@ -1,0 +1,52 @@
+"""The environment of processes that run torch and TensorFlow side by side: thread budgets and
+the memory allocator.
+
+Torch-free and TensorFlow-free: the batch parent (zoo/batch.py), the benchmark and the test
+workers set these variables in a child's environment, or their own before importing either
+library, because both libraries and glibc read them once, at start-up.
+"""
+import os
+
+# glibc raises its mmap threshold after each free of a large block (up to 32 MB), so the big
+# tensors of one stage (torch's float64 copy, activations) end up on the heap and stay in the
+# worker's RSS when freed. A fixed threshold (which also turns the raising off) gives every block
+# of 1 MiB or more back to the system when freed: a conversion's peak RSS above the interpreter
+# fell 6-11 % (resnet50 606 -> 570 MB, convnext_tiny 584 -> 543, vit_small 439 -> 391; same
+# conversion time), under issue 11's 3x both models' parameter bytes.
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+
+# torch's OpenMP pool, MKL, and TensorFlow's two pools (TF reads the TF_NUM_* variables when its
+# runtime starts; tf.config cannot change them after the first op).
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # not on Linux
+        return os.cpu_count() or 1
+
+
+def share_per_process(processes: int) -> int:
+    """Threads per process when `processes` run at once on this process's cores (at least 1):
+    more would oversubscribe them, and spinning OpenMP threads then slow every process down."""
+    return max(1, available_cores() // max(1, processes))
+
+
+def thread_env(threads: int, environ=None) -> dict:
+    """`environ` (default os.environ) with each thread variable set to `threads`, except those
+    the user set: an explicit choice wins."""
+    env = dict(os.environ if environ is None else environ)
+    for var in THREAD_VARS:
+        env.setdefault(var, str(threads))
+    return env
+
+
+def worker_env(threads: int, environ=None) -> dict:
+    """A conversion worker's environment: thread_env plus ALLOCATOR_ENV (a user's own setting
+    of either wins)."""
+    env = thread_env(threads, environ)
+    for var, value in ALLOCATOR_ENV.items():
+        env.setdefault(var, value)
+    return env
