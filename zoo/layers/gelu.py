@@ -8,11 +8,13 @@ _SQRT1_2 = 1 / math.sqrt(2)
 
 
 def exact_gelu(x):
-    """x * Phi(x) written as torch's CPU kernel writes it, x * (0.5 + 0.5 * erf(x / sqrt(2))).
+    """x * Phi(x) in the erf form torch's CPU kernel uses, 0.5 * x * (1 + erf(x / sqrt(2))).
     TensorFlow's tf.nn.gelu (Keras' "gelu") uses the erfc form 0.5 * x * erfc(-x / sqrt(2)),
     whose Neg and Erfc ops cost ~40 % more on CPU at ViT's MLP shapes (docs/performance.md);
-    both are within float32 rounding of each other (measured 1e-7 relative)."""
-    return x * (ops.erf(x * _SQRT1_2) * 0.5 + 0.5)
+    both are within float32 rounding of each other (measured 1e-7 relative). Keep this exact
+    expression: the TFLite converter recognises it (and tf.nn.gelu) as its GELU op, while
+    e.g. x * ((1 + erf(x * c)) * 0.5) leaves an Erf, which TFLite's builtins lack."""
+    return 0.5 * x * (1.0 + ops.erf(x * _SQRT1_2))
 
 
 @keras.saving.register_keras_serializable(package="zoo")
