@@ -291,3 +291,25 @@ def test_layers_round_trip_through_a_keras_file(tmp_path):
     assert loaded.get_layer("embed").prefix == ("cls", "dist")
     assert [v.path for v in loaded.get_layer("embed").weights] == [
         "embed/cls_token", "embed/dist_token", "embed/pos_embed"]
+
+
+def test_fast_layers_convert_to_tflite_builtins():
+    """zoo's GELU and attention (written for speed, docs/performance.md) stay expressible with
+    TFLite's builtin ops alone: the converter recognises the erf-form GELU only as
+    0.5 * x * (1 + erf(x / sqrt 2)); another arrangement leaves an Erf op, which TFLite's
+    builtins lack and which failed the ViT and ConvNeXt exports. (Weightless layers only: the
+    models' own TFLite exports, with LayerNorm, go through zoo.export in the catalogue tests.)"""
+    import tensorflow as tf
+
+    from zoo.layers.gelu import GELU
+
+    inp = keras.Input((TOKENS, 3 * DIM))
+    model = keras.Model(inp, GELU()(FusedQKVAttention(HEADS)(inp)))
+    fn = tf.function(lambda t: model(t)).get_concrete_function(
+        tf.TensorSpec((1, TOKENS, 3 * DIM), tf.float32))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    runner = tf.lite.Interpreter(model_content=converter.convert()).get_signature_runner()
+    x = np.random.default_rng(12).standard_normal((1, TOKENS, 3 * DIM)).astype(np.float32)
+    got = next(iter(runner(**{next(iter(runner.get_input_details())): x}).values()))
+    assert rel(got, model(x)) < 1e-5
