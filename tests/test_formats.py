@@ -112,6 +112,22 @@ def test_default_format_is_one_copy_of_the_weights(user_models):
     assert not is_complete(folder)
 
 
+def test_reload_validation_reads_the_weights_file_into_the_converted_model(user_models):
+    """Right after export the .weights.h5 is loaded into the in-memory model rather than into a
+    second build: the file's values are still what is validated, so an altered file fails."""
+    import h5py
+
+    model, _ = zoo.convert("user/landmarks", out_dir=user_models / "reload")
+    folder = user_models / "reload" / "user" / "landmarks"
+    assert validate_files(folder, model=model)["weights.h5"]["passed"]
+    with h5py.File(folder / "model.weights.h5", "r+") as f:
+        kernels = []
+        f.visititems(lambda _n, obj: kernels.append(obj)
+                     if isinstance(obj, h5py.Dataset) and obj.ndim >= 2 else None)
+        kernels[0][...] = kernels[0][...] * 1.5
+    assert not validate_files(folder, model=model)["weights.h5"]["passed"]
+
+
 def test_a_folder_written_without_weights_h5_says_what_it_has(user_models):
     zoo.convert("user/landmarks", out_dir=user_models / "keras_only", formats="keras")
     folder = user_models / "keras_only" / "user" / "landmarks"
