@@ -7,6 +7,7 @@ from keras import ops
 _SQRT1_2 = 1 / math.sqrt(2)
 
 
+@keras.saving.register_keras_serializable(package="zoo")
 def exact_gelu(x):
     """x * Phi(x) in the erf form torch's CPU kernel uses, 0.5 * x * (1 + erf(x / sqrt(2))).
     TensorFlow's tf.nn.gelu (Keras' "gelu") uses the erfc form 0.5 * x * erfc(-x / sqrt(2)),

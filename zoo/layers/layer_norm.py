@@ -4,7 +4,7 @@ from keras import ops
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class LayerNorm(keras.layers.LayerNormalization):
+class LayerNormalization(keras.layers.LayerNormalization):
     """keras.layers.LayerNormalization with the same variables (`gamma`, `beta`), config and
     result, computed as torch's LayerNorm does: centre once, take the variance of the centred
     tensor, then one scale-and-shift:
@@ -16,6 +16,11 @@ class LayerNorm(keras.layers.LayerNormalization):
     full-size elementwise passes; on a 2-core CPU that made it 20-30 % slower at ViT-S and
     ConvNeXt shapes (docs/performance.md). Anything else than the plain float32, last-axis,
     centred-and-scaled case (the only one the converted models use) takes Keras' own path.
+
+    Named like Keras' class on purpose (registered as `zoo>LayerNormalization`): a .weights.h5
+    file addresses each layer by its class's snake_case name and index (`layers/
+    layer_normalization_3/vars/0`), so the same name keeps the file's layout that of plain Keras
+    layers, loadable into a model built with either.
     """
 
     def _fast(self, inputs):

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import keras
 
+from zoo.layers import dense
 from zoo.layers.attention import FusedQKVAttention
-from zoo.layers.gelu import GELU
-from zoo.layers.layer_norm import LayerNorm
+from zoo.layers.gelu import exact_gelu
+from zoo.layers.layer_norm import LayerNormalization
 from zoo.layers.layer_scale import LayerScale
 from zoo.models.blocks import activation
 
@@ -32,7 +33,7 @@ def fixed_input_size(builder):
 
 def layer_norm(x, eps, name):
     # a LayerNormalization (same variables and config) with a cheaper TensorFlow graph
-    return LayerNorm(axis=-1, epsilon=eps, name=name)(x)
+    return LayerNormalization(axis=-1, epsilon=eps, name=name)(x)
 
 
 def patch_embed(x, dim, patch, name):
@@ -45,12 +46,15 @@ def patch_embed(x, dim, patch, name):
 def mlp(x, hidden, name, names=("fc1", "act", "fc2"), act="gelu"):
     """Linear -> activation -> Linear (timm Mlp, torchvision MLPBlock); dropouts are identities
     at inference and left out. act: a name of blocks.activation (exact GELU by default; timm
-    passes the network's own to some, e.g. SiLU in MobileViT)."""
+    passes the network's own to some, e.g. SiLU in MobileViT). The exact GELU is fc1's own
+    activation, which TensorFlow fuses into its matmul (zoo/layers/dense.py), so torch's `act`
+    module has no Keras layer of its own then; other activations are the layer `<name>_act`."""
     fc1, act_name, fc2 = (f"{name}_{n}" for n in names)
-    y = keras.layers.Dense(hidden, name=fc1)(x)
-    # exact GELU as torch's nn.GELU(); zoo's layer has a cheaper graph than Activation("gelu")
-    y = GELU(name=act_name)(y) if act == "gelu" else activation(y, act, act_name)
-    return keras.layers.Dense(x.shape[-1], name=fc2)(y)
+    if act == "gelu":
+        y = dense.Dense(hidden, activation=exact_gelu, name=fc1)(x)
+    else:
+        y = activation(dense.Dense(hidden, name=fc1)(x), act, act_name)
+    return dense.Dense(x.shape[-1], name=fc2)(y)
 
 
 def attention(x, heads, name, qkv_bias=True, names=("qkv", "attn", "proj"), core=None):
@@ -61,9 +65,9 @@ def attention(x, heads, name, qkv_bias=True, names=("qkv", "attn", "proj"), core
     dim = x.shape[-1]
     if dim % heads:
         raise ValueError(f"{name}: width {dim} is not a multiple of {heads} heads")
-    y = keras.layers.Dense(3 * dim, use_bias=qkv_bias, name=qkv)(x)
+    y = dense.Dense(3 * dim, use_bias=qkv_bias, name=qkv)(x)
     y = (core(attn) if core else FusedQKVAttention(heads, name=attn))(y)
-    return keras.layers.Dense(dim, name=proj)(y)
+    return dense.Dense(dim, name=proj)(y)
 
 
 @dataclass(frozen=True)

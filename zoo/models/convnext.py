@@ -10,18 +10,21 @@ Every LayerNorm of the torch model normalises over channels: timm/torchvision `L
 permutes NCHW to channels-last for it, so in NHWC it is a plain LayerNormalization(axis=-1),
 with the source's eps (1e-6; Keras' default 1e-3 would be wrong, the engine checks it).
 `conv_mlp` (timm's small models) runs the MLP as 1x1 convs, otherwise as Linear layers; the
-Keras layers follow (Conv2D 1x1 / Dense) so that each maps with its usual transform.
+Keras layers follow (Conv2D 1x1 / Dense variables) so that each maps with its usual transform;
+both run as one matmul with the GELU fused (zoo/layers/dense.py).
 
 Layer names: `stem_conv`, `stem_norm`, `stage<s>_down_{norm,conv}`, `stage<s>_block<b>_{conv_dw,
-norm,fc1,act,grn,fc2,ls}`, `head_norm`, `predictions` (stages from 1, blocks from 0).
+norm,fc1,grn,fc2,ls}` (fc1 applies the GELU, torch's `act`), `head_norm`, `predictions` (stages
+from 1, blocks from 0).
 """
 from __future__ import annotations
 
 import keras
 
-from zoo.layers.gelu import GELU
+from zoo.layers import dense
+from zoo.layers.gelu import exact_gelu
 from zoo.layers.grn import GlobalResponseNorm
-from zoo.layers.layer_norm import LayerNorm
+from zoo.layers.layer_norm import LayerNormalization
 from zoo.layers.layer_scale import LayerScale
 from zoo.models.blocks import application, pooled_top, residual_add, stage_end
 
@@ -30,13 +33,15 @@ _LAYER_SCALES = (None, "timm", "torchvision")
 
 def _norm(x, eps, name):
     # a LayerNormalization (same variables and config) with a cheaper TensorFlow graph
-    return LayerNorm(axis=-1, epsilon=eps, name=name)(x)
+    return LayerNormalization(axis=-1, epsilon=eps, name=name)(x)
 
 
-def _pointwise(x, units, conv_mlp, name):
-    if conv_mlp:
-        return keras.layers.Conv2D(units, 1, use_bias=True, name=name)(x)
-    return keras.layers.Dense(units, use_bias=True, name=name)(x)
+def _pointwise(x, units, conv_mlp, name, activation=None):
+    # one matmul on the (B*H*W, C) view, the bias and an exact GELU fused into it by TensorFlow
+    # (zoo/layers/dense.py); the variables are those of Conv2D 1x1 / Dense
+    layer = dense.Conv2D(units, 1, activation=activation, name=name) if conv_mlp \
+        else dense.Dense(units, activation=activation, name=name)
+    return layer(x)
 
 
 def _block(x, dim, *, mlp_ratio, conv_mlp, grn, layer_scale, ls_init, norm_eps, drop_path, name):
@@ -44,9 +49,8 @@ def _block(x, dim, *, mlp_ratio, conv_mlp, grn, layer_scale, ls_init, norm_eps, 
     # 7x7 depthwise, padding 3, stride 1: Keras "same" pads symmetrically here.
     y = keras.layers.DepthwiseConv2D(7, padding="same", use_bias=True, name=f"{name}_conv_dw")(x)
     y = _norm(y, norm_eps, f"{name}_norm")
-    y = _pointwise(y, int(mlp_ratio * dim), conv_mlp, f"{name}_fc1")
-    # nn.GELU / timm GELU are the exact erf form, as zoo's GELU layer by default.
-    y = GELU(name=f"{name}_act")(y)
+    # nn.GELU / timm GELU are the exact erf form: fc1's own activation (no `act` layer).
+    y = _pointwise(y, int(mlp_ratio * dim), conv_mlp, f"{name}_fc1", activation=exact_gelu)
     if grn:
         y = GlobalResponseNorm(epsilon=1e-6, name=f"{name}_grn")(y)
     y = _pointwise(y, dim, conv_mlp, f"{name}_fc2")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import keras
 
+from zoo.layers import dense
 from zoo.layers.levit import GridSubsample, LevitAttention
 from zoo.models.blocks import activation, application, conv2d, norm, stage_end
 from zoo.models.blocks_transformer import fixed_input_size
@@ -40,7 +41,7 @@ DOWN_ATTN_RATIO, DOWN_MLP_RATIO, DOWN_STRIDE = 4.0, 2.0, 2
 def linear_norm(x, units, name):
     """timm LinearNorm: Linear without bias -> BatchNorm1d over the channels of (B*N, C), i.e.
     a BatchNormalization on the last axis of the tokens."""
-    return norm(keras.layers.Dense(units, use_bias=False, name=f"{name}_linear")(x), f"{name}_bn")
+    return norm(dense.Dense(units, use_bias=False, name=f"{name}_linear")(x), f"{name}_bn")
 
 
 def levit_mlp(x, hidden, name, act):

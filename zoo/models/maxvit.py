@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import keras
 
-from zoo.layers.gelu import GELU
+from zoo.layers import dense
+from zoo.layers.gelu import GELU, exact_gelu
 from zoo.layers.partition_attention import Partition, PartitionAttention, Unpartition
 from zoo.models.blocks import (
     SE_FC,
@@ -92,16 +93,18 @@ def _partition_attention(x, mode, window, *, ln_eps, gelu_tanh, scale, bias_layo
         raise ValueError(f"{name}: width {dim} is not a multiple of the head width {HEAD_DIM}")
     y = keras.layers.LayerNormalization(epsilon=ln_eps, name=f"{name}_norm1")(x)
     y = Partition(window, mode, name=f"{name}_partition")(y)
-    y = keras.layers.Dense(3 * dim, name=f"{name}_attn_qkv")(y)
+    y = dense.Dense(3 * dim, name=f"{name}_attn_qkv")(y)
     y = PartitionAttention(dim // HEAD_DIM, window, bias_layout,
                         scale=dim ** -0.5 if scale == "width" else None, name=f"{name}_attn")(y)
-    y = keras.layers.Dense(dim, name=f"{name}_attn_proj")(y)
+    y = dense.Dense(dim, name=f"{name}_attn_proj")(y)
     y = Unpartition(window, mode, name=f"{name}_unpartition")(y)
     x = keras.layers.Add(name=f"{name}_add1")([x, y])
     y = keras.layers.LayerNormalization(epsilon=ln_eps, name=f"{name}_norm2")(x)
-    y = keras.layers.Dense(4 * dim, name=f"{name}_mlp_fc1")(y)
-    y = _gelu(y, gelu_tanh, f"{name}_mlp_act")
-    y = keras.layers.Dense(dim, name=f"{name}_mlp_fc2")(y)
+    if gelu_tanh:
+        y = _gelu(dense.Dense(4 * dim, name=f"{name}_mlp_fc1")(y), True, f"{name}_mlp_act")
+    else:   # the exact GELU fused into fc1's matmul (zoo/layers/dense.py): no `act` layer
+        y = dense.Dense(4 * dim, activation=exact_gelu, name=f"{name}_mlp_fc1")(y)
+    y = dense.Dense(dim, name=f"{name}_mlp_fc2")(y)
     return keras.layers.Add(name=f"{name}_add2")([x, y])
 
 

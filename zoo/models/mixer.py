@@ -12,9 +12,9 @@ input size is fixed (h*w tokens; timm's pretrained_cfg says fixed_input_size). E
 is a feature stage (`block<i>`, tokens (B, h*w, C), reduction = patch size, timm's
 `feature_info` for `blocks.<i>`).
 
-Layer names: `patch_embed`, `tokens`, `block<i>_{norm1, tokens_t, mlp_tokens_fc1, mlp_tokens_act,
-mlp_tokens_fc2, tokens_back, add1, norm2, mlp_channels_fc1, mlp_channels_act, mlp_channels_fc2,
-add2}`, `block<i>`, `norm`, `pool`, `predictions`.
+Layer names: `patch_embed`, `tokens`, `block<i>_{norm1, tokens_t, mlp_tokens_fc1, mlp_tokens_fc2,
+tokens_back, add1, norm2, mlp_channels_fc1, mlp_channels_fc2, add2}` (each fc1 applies the exact
+GELU, torch's `act`), `block<i>`, `norm`, `pool`, `predictions`.
 """
 from __future__ import annotations
 

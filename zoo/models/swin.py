@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import keras
 
+from zoo.layers import dense
 from zoo.layers.window_attention import (
     KeyBiasFreeDense,
     PatchMerging2x2,
@@ -52,10 +53,10 @@ def _attention(x, heads, window, shift, source, v2, name):
     # V2's key bias never acts: torchvision zeroes that third of its stored qkv bias in forward,
     # timm stores q_bias and v_bias apart (on the attention module) and no qkv bias at all
     timm_v2 = v2 and source == "timm"
-    dense = KeyBiasFreeDense if v2 and source == "torchvision" else keras.layers.Dense
-    y = dense(3 * x.shape[-1], use_bias=not timm_v2, name=f"{name}_qkv")(y)
+    qkv = KeyBiasFreeDense if v2 and source == "torchvision" else dense.Dense
+    y = qkv(3 * x.shape[-1], use_bias=not timm_v2, name=f"{name}_qkv")(y)
     y = WindowAttention(heads, window, shift, order, cosine=v2, qv_bias=timm_v2, name=name)(y)
-    y = keras.layers.Dense(x.shape[-1], name=f"{name}_proj")(y)
+    y = dense.Dense(x.shape[-1], name=f"{name}_proj")(y)
     return WindowMerge(window, shift, order, name=f"{name}_merge")([y, x])
 
 
@@ -79,7 +80,7 @@ def _downsample(x, eps, v2, name):
     V2: Linear first, then LayerNorm(2C)."""
     dim = x.shape[-1]
     x = PatchMerging2x2(name=f"{name}_merge")(x)
-    reduction = keras.layers.Dense(2 * dim, use_bias=False, name=f"{name}_reduction")
+    reduction = dense.Dense(2 * dim, use_bias=False, name=f"{name}_reduction")
     if v2:
         return layer_norm(reduction(x), eps, f"{name}_norm")
     return reduction(layer_norm(x, eps, f"{name}_norm"))

@@ -1,0 +1,68 @@
+"""Dense and 1x1 Conv2D layers run as one matmul on the (rows, channels) view of their input.
+
+Keras 3 computes a Dense on (B, N, C) tokens (or a 1x1 Conv2D on (B, H, W, C) maps) as a
+3-D/4-D product followed by a separate bias add and a separate activation: three full-size passes
+over memory. TensorFlow's oneDNN rewrite (Grappler's remapper) fuses MatMul + BiasAdd + exact
+GELU into one `_MklFusedMatMul`, but only when the three meet on a 2-D tensor, with no reshape in
+between. These layers reshape to (rows, C) once, run matmul -> bias_add -> activation there and
+reshape back, so the fusion applies; at ViT/ConvNeXt MLP shapes that removes the GELU's five
+elementwise passes (docs/performance.md). Variables, their shapes and paths, and the config are
+Keras' own: weights and mapping rules are unchanged. The classes carry Keras' names on purpose
+(registered as `zoo>Dense`, `zoo>Conv2D`): a .weights.h5 file addresses each layer by its class's
+snake_case name and index (`layers/dense_3/vars/0`), so the same names keep the file layout of a
+model built with plain Keras layers, and either model loads the other's weights.
+
+The activation to fuse is the layer's `activation` (`zoo.layers.gelu.exact_gelu` for torch's
+nn.GELU): keep its erf form, which both oneDNN's pattern and TFLite's GELU op recognise.
+"""
+import keras
+import tensorflow as tf
+
+
+def _plain(layer):
+    """Whether `layer` computes a plain float32 product (no LoRA, no quantisation): anything else
+    takes the Keras parent's own call."""
+    return (not getattr(layer, "lora_enabled", False) and not layer.quantization_mode
+            and layer.compute_dtype == "float32")
+
+
+def _rows_matmul(x, kernel, bias, activation):
+    """activation(x @ kernel + bias) over the last axis of x, computed on its 2-D view."""
+    flat = len(x.shape) > 2
+    lead = tf.shape(x)[:-1] if flat else None
+    y = tf.matmul(tf.reshape(x, (-1, kernel.shape[0])) if flat else x, kernel)
+    if bias is not None:
+        y = tf.nn.bias_add(y, bias)
+    if activation is not None:
+        y = activation(y)
+    return tf.reshape(y, tf.concat([lead, [kernel.shape[1]]], 0)) if flat else y
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class Dense(keras.layers.Dense):
+    """keras.layers.Dense (same variables, config and result) on the 2-D view of its input:
+    torch's nn.Linear on any number of leading axes, with the bias and activation fused into the
+    matmul by TensorFlow's CPU rewrite."""
+
+    def call(self, inputs, training=None):
+        if not _plain(self) or len(inputs.shape) < 2:
+            return super().call(inputs, training=training)
+        return _rows_matmul(inputs, self.kernel, self.bias, self.activation)
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class Conv2D(keras.layers.Conv2D):
+    """keras.layers.Conv2D (same variables, config and result); with a 1x1 kernel, stride 1,
+    channels-last it is computed as a matmul on the (B*H*W, C) view, which a 1x1 convolution is,
+    and oneDNN then fuses its bias and activation (torch's conv_mlp 1x1 Conv2d). Any other
+    convolution takes Keras' own call."""
+
+    def _as_matmul(self):
+        return (tuple(self.kernel_size) == (1, 1) and tuple(self.strides) == (1, 1)
+                and self.groups == 1 and self.data_format == "channels_last" and _plain(self))
+
+    def call(self, inputs):
+        if not self._as_matmul():
+            return super().call(inputs)
+        kernel = tf.reshape(self.kernel, self.kernel.shape[2:])
+        return _rows_matmul(inputs, kernel, self.bias if self.use_bias else None, self.activation)
