@@ -176,10 +176,12 @@ def _first_of_each(families) -> list:
 
 
 # The serving export is the slowest step of a conversion (Swin-T: ~50 s on two busy cores), so it
-# runs for one configuration of each transformer family that runs at free sizes. Convolutional
-# SavedModels are run by test_convert, test_formats and the segmentation/detection tests; the
-# fixed-size transformers (BEiT, MLP-Mixer, MaxViT, LeViT) by their family tests on small models.
-@pytest.mark.parametrize("case", _first_of_each(("vit", "swin", "mobilevit")), indirect=True)
+# runs for one configuration of each transformer family that runs at free sizes and of the
+# segmentation models (named `out`/`aux` maps at free sizes). Other convolutional SavedModels are
+# run by test_convert, test_formats and the detection tests; the fixed-size transformers (BEiT,
+# MLP-Mixer, MaxViT, LeViT) by their family tests on small models.
+@pytest.mark.parametrize("case", _first_of_each(("vit", "swin", "mobilevit", "segmentation")),
+                         indirect=True)
 def test_saved_model_serving_signature_matches_torch(case, tmp_path):
     """The SavedModel's serving_default signature (what TF Serving runs: free batch and spatial
     axes, outputs by name) against torch, held to the recipe's tolerance."""
