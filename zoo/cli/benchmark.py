@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -124,6 +125,42 @@ def summary_table(models: dict, batches) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Issue 11's latency targets: the best Keras path at most as slow as PyTorch at every batch size,
+# and the median of the best paths' ratios at batch 8 at most 0.8.
+TARGET_RATIO, TARGET_MEDIAN_B8 = 1.0, 0.8
+
+
+def best_path(r: dict, batch) -> tuple[str, float] | None:
+    """The fastest measured Keras path at one batch size, as (path, ratio to PyTorch)."""
+    measured = {p: s["ratio"] for p in PATHS if "ratio" in (s := _stat(r, batch, p))}
+    return min(measured.items(), key=lambda kv: kv[1]) if measured else None
+
+
+def target_table(models: dict, batches) -> str:
+    """Per model: the best Keras path at each batch size and whether it meets TARGET_RATIO; then
+    how many models meet it everywhere and the median best ratio at batch 8."""
+    head = ["model", *(f"best path b{b}" for b in batches), f"<= {TARGET_RATIO:g} everywhere"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    met, b8 = 0, []
+    for name, r in sorted(models.items()):
+        if r.get("status") != "passed":
+            continue
+        best = [best_path(r, b) for b in batches]
+        ok = all(x is not None and x[1] <= TARGET_RATIO for x in best)
+        met += ok
+        if 8 in batches and best[batches.index(8)]:
+            b8.append(best[batches.index(8)][1])
+        lines.append("| " + " | ".join([f"`{name}`", *(
+            f"{x[1]:.2f} ({PATHS[x[0]]})" if x else "-" for x in best), "yes" if ok else "**no**"])
+            + " |")
+    counted = len(lines) - 2
+    tail = f"\n{met} of {counted} models meet it at every batch size."
+    if b8:
+        tail += (f" Median of the best ratios at batch 8: {statistics.median(b8):.2f} (target <= "
+                 f"{TARGET_MEDIAN_B8:g}).")
+    return "\n".join(lines) + "\n" + tail + "\n"
+
+
 def conversion_table(models: dict) -> str:
     head = ["model", "params (M)", *STAGES, "total s", "peak RSS MB", "above baseline MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -170,6 +207,8 @@ def markdown(results: dict) -> str:
             f"\nCommand: `{results['command']}`\n\n"
             "## Summary: latency of each Keras path / PyTorch eager (below 1: faster)\n\n"
             + summary_table(models, results["settings"]["batches"]) +
+            "\n## Targets: the fastest Keras path of each model against PyTorch\n\n"
+            + target_table(models, results["settings"]["batches"]) +
             "\n## Latency: each Keras path against PyTorch eager\n\n"
             "Ratio of medians (below 1: faster than PyTorch), then the path's median [p10–p90] in "
             "ms. Both timed in one process, one call of each path per round.\n\n"
