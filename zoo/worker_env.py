@@ -14,6 +14,12 @@ import os
 # fell 6-11 % (resnet50 606 -> 570 MB, convnext_tiny 584 -> 543, vit_small 439 -> 391; same
 # conversion time), under issue 11's 3x both models' parameter bytes.
 ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+# ...but it makes every large allocation a fresh mmap whose pages fault in on first touch, and
+# PyTorch's CPU allocator mallocs each op's output anew: timed under it, PyTorch models ran up to
+# ~1.6x slower while TensorFlow (which pools its buffers) did not move. What glibc's dynamic
+# threshold settles at on a long-running process: mmap only above 32 MiB, trim above 64 MiB.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3     # mallopt parameters (glibc malloc.h)
+_STEADY_MMAP_THRESHOLD = 32 << 20
 
 # torch's OpenMP pool, MKL, and TensorFlow's two pools (TF reads the TF_NUM_* variables when its
 # runtime starts; tf.config cannot change them after the first op).
@@ -50,3 +56,21 @@ def worker_env(threads: int, environ=None) -> dict:
     for var, value in ALLOCATOR_ENV.items():
         env.setdefault(var, value)
     return env
+
+
+def restore_steady_allocator() -> bool:
+    """Undo ALLOCATOR_ENV in a running process (glibc only; False elsewhere): before timing
+    anything, so that both frameworks allocate as in a user's long-running process."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc else None
+    except (OSError, AttributeError):
+        return False
+    if mallopt is None:
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _STEADY_MMAP_THRESHOLD)
+                and mallopt(_M_TRIM_THRESHOLD, 2 * _STEADY_MMAP_THRESHOLD))

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from zoo.conversion.torch_first import torch  # before anything imports keras
+from zoo.worker_env import restore_steady_allocator
 
 
 def pin_threads(n: int) -> None:
@@ -185,6 +186,9 @@ def _run(job: dict) -> dict:
                "timings": report["timings"], "rss_peak_mb": peak_rss_mb(), "input_size": size,
                "exports": report["exports"], "family": variant.recipe.family}
         print("@@stage latency", flush=True)
+        # the conversion ran with convert_all's allocator (its peak RSS is recorded above); the
+        # timing runs with a long-running process's, which PyTorch's speed depends on
+        out["steady_allocator"] = restore_steady_allocator()
         # the torch original again: random weights are seeded, so this is the module the Keras
         # model was mapped from (measure() checks the outputs agree)
         tm = load_torch_model(variant, tag, "random")
