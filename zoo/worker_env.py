@@ -64,13 +64,9 @@ def restore_steady_allocator() -> bool:
     import ctypes
     import ctypes.util
 
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc else None
-    except (OSError, AttributeError):
-        return False
-    if mallopt is None:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    except (OSError, AttributeError, TypeError):   # no C library found, or not glibc's
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _STEADY_MMAP_THRESHOLD)
                 and mallopt(_M_TRIM_THRESHOLD, 2 * _STEADY_MMAP_THRESHOLD))

@@ -14,7 +14,7 @@ import keras
 
 from zoo.layers import dense
 from zoo.layers.attention import FusedQKVAttention
-from zoo.layers.gelu import exact_gelu
+from zoo.layers.gelu import GELU, exact_gelu
 from zoo.layers.layer_norm import LayerNormalization
 from zoo.layers.layer_scale import LayerScale
 from zoo.models.blocks import activation
@@ -45,13 +45,16 @@ def patch_embed(x, dim, patch, name):
 
 def mlp(x, hidden, name, names=("fc1", "act", "fc2"), act="gelu"):
     """Linear -> activation -> Linear (timm Mlp, torchvision MLPBlock); dropouts are identities
-    at inference and left out. act: a name of blocks.activation (exact GELU by default; timm
-    passes the network's own to some, e.g. SiLU in MobileViT). The exact GELU is fc1's own
-    activation, which TensorFlow fuses into its matmul (zoo/layers/dense.py), so torch's `act`
-    module has no Keras layer of its own then; other activations are the layer `<name>_act`."""
+    at inference and left out. act: "gelu_tanh" (tanh-approximated GELU, the `_tf_` ports) or a
+    name of blocks.activation (exact GELU by default; timm passes the network's own to some,
+    e.g. SiLU in MobileViT). The exact GELU is fc1's own activation, which TensorFlow fuses into
+    its matmul (zoo/layers/dense.py), so torch's `act` module has no Keras layer of its own then;
+    other activations are the layer `<name>_act`."""
     fc1, act_name, fc2 = (f"{name}_{n}" for n in names)
     if act == "gelu":
         y = dense.Dense(hidden, activation=exact_gelu, name=fc1)(x)
+    elif act == "gelu_tanh":
+        y = GELU(approximate=True, name=act_name)(dense.Dense(hidden, name=fc1)(x))
     else:
         y = activation(dense.Dense(hidden, name=fc1)(x), act, act_name)
     return dense.Dense(x.shape[-1], name=fc2)(y)

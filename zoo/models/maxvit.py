@@ -28,7 +28,8 @@ Layer names: `stem_conv1`, `stem_norm1`, `stem_act1`, `stem_conv2`; per block
 `stage<s>_block<b>_` + MBConv `{pre_norm, conv1_1x1, norm1, act1, conv2_kxk, norm2, act2, se_*,
 conv3_1x1, shortcut_pool, shortcut_expand, add}` and, for `attn_block` / `attn_grid`,
 `<kind>_{norm1, partition, attn_qkv, attn, attn_proj, unpartition, add1, norm2, mlp_fc1,
-mlp_act, mlp_fc2, add2}`; `head_norm`, `head_pre_logits`, `head_pre_logits_act`, `predictions`.
+mlp_act, mlp_fc2, add2}` (mlp_act only for the tanh GELU; fc1 applies the exact one);
+`head_norm`, `head_pre_logits`, `head_pre_logits_act`, `predictions`.
 Feature stages: `stem` (reduction 2), `stage1`..`stage4` (4 .. 32), timm's feature_info.
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ from __future__ import annotations
 import keras
 
 from zoo.layers import dense
-from zoo.layers.gelu import GELU, exact_gelu
+from zoo.layers.gelu import GELU
 from zoo.layers.partition_attention import Partition, PartitionAttention, Unpartition
 from zoo.models.blocks import (
     SE_FC,
@@ -50,6 +51,7 @@ from zoo.models.blocks import (
     squeeze_excite,
     stage_end,
 )
+from zoo.models.blocks_transformer import layer_norm, mlp
 
 # MaxViT's attention heads are always 32 wide (timm dim_head, torchvision head_dim)
 HEAD_DIM = 32
@@ -91,7 +93,7 @@ def _partition_attention(x, mode, window, *, ln_eps, gelu_tanh, scale, bias_layo
     dim = x.shape[-1]
     if dim % HEAD_DIM:
         raise ValueError(f"{name}: width {dim} is not a multiple of the head width {HEAD_DIM}")
-    y = keras.layers.LayerNormalization(epsilon=ln_eps, name=f"{name}_norm1")(x)
+    y = layer_norm(x, ln_eps, f"{name}_norm1")
     y = Partition(window, mode, name=f"{name}_partition")(y)
     y = dense.Dense(3 * dim, name=f"{name}_attn_qkv")(y)
     y = PartitionAttention(dim // HEAD_DIM, window, bias_layout,
@@ -99,12 +101,8 @@ def _partition_attention(x, mode, window, *, ln_eps, gelu_tanh, scale, bias_layo
     y = dense.Dense(dim, name=f"{name}_attn_proj")(y)
     y = Unpartition(window, mode, name=f"{name}_unpartition")(y)
     x = keras.layers.Add(name=f"{name}_add1")([x, y])
-    y = keras.layers.LayerNormalization(epsilon=ln_eps, name=f"{name}_norm2")(x)
-    if gelu_tanh:
-        y = _gelu(dense.Dense(4 * dim, name=f"{name}_mlp_fc1")(y), True, f"{name}_mlp_act")
-    else:   # the exact GELU fused into fc1's matmul (zoo/layers/dense.py): no `act` layer
-        y = dense.Dense(4 * dim, activation=exact_gelu, name=f"{name}_mlp_fc1")(y)
-    y = dense.Dense(dim, name=f"{name}_mlp_fc2")(y)
+    y = mlp(layer_norm(x, ln_eps, f"{name}_norm2"), 4 * dim, f"{name}_mlp",
+            act="gelu_tanh" if gelu_tanh else "gelu")
     return keras.layers.Add(name=f"{name}_add2")([x, y])
 
 
