@@ -7,7 +7,7 @@ import pytest
 from helpers import SMALL, run_script, user_recipes_env
 from zoo import catalog
 from zoo.batch import BatchError, select
-from zoo.worker_env import THREAD_VARS
+from zoo.worker_env import ALLOCATOR_ENV, THREAD_VARS
 
 CRASHING_MODULE = '''
 import os, signal
@@ -74,7 +74,7 @@ import json, os
 import torch
 def record(**kwargs):
     names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
-             "MALLOC_MMAP_THRESHOLD_")
+             "MALLOC_MMAP_THRESHOLD_", "NUMPY_MADVISE_HUGEPAGE")
     with open(os.environ["ZOO_TEST_THREADS_LOG"], "a") as f:
         row = {"torch": torch.get_num_threads(), **{v: os.environ.get(v) for v in names}}
         f.write(json.dumps(row) + "\\n")
@@ -86,7 +86,7 @@ def test_jobs_share_the_cores_between_workers(tmp_path, monkeypatch):
     """--jobs 2: each worker runs torch and TensorFlow on half the cores (two full-size pools
     oversubscribe them); a thread count the user set explicitly is kept; glibc's mmap threshold
     is fixed (zoo/worker_env.py)."""
-    for var in THREAD_VARS + ("MALLOC_MMAP_THRESHOLD_",):
+    for var in THREAD_VARS + tuple(ALLOCATOR_ENV):
         monkeypatch.delenv(var, raising=False)   # the xdist worker running this test sets them
     monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "3")
     log = tmp_path / "threads.jsonl"
@@ -105,6 +105,7 @@ def test_jobs_share_the_cores_between_workers(tmp_path, monkeypatch):
         assert row["OMP_NUM_THREADS"] == row["MKL_NUM_THREADS"] == str(share), row
         assert row["TF_NUM_INTRAOP_THREADS"] == str(share) and row["TF_NUM_INTEROP_THREADS"] == "3", row
         assert row["MALLOC_MMAP_THRESHOLD_"] == str(1 << 20), row   # big frees go back to the system
+        assert row["NUMPY_MADVISE_HUGEPAGE"] == "0", row            # no compaction stalls
 
 
 def test_shards_partition_the_catalogue():

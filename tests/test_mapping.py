@@ -110,6 +110,34 @@ def test_clean_plan_maps_every_tensor_and_gives_parity():
     assert np.abs(got - ref).max() / np.abs(ref).max() <= 1e-5
 
 
+def test_apply_plan_never_shares_memory_with_the_torch_state():
+    """apply_plan lets a variable adopt the buffer of an array the transform made (no copy) but
+    must copy one that is a view of the torch state: a later write to the torch tensors (the
+    float64 validation copy, a user's module) must not reach the Keras model."""
+    tm = Tiny()
+    tm.fc = nn.Linear(4, 300_000)   # a kernel big enough for the aligned slab copy
+    km = keras_tiny(units=300_000)
+    state = state_of(tm)
+    plan = plan_mapping(state, km, rules(), IGNORE)
+    owned = {a.torch_key: a.owned for a in plan}
+    assert owned["fc.weight"] and owned["conv.weight"]          # transposed copies
+    assert not owned["fc.bias"] and not owned["bn.running_mean"]   # views of torch's tensors
+    apply_plan(km, plan)
+    kvars = {v.path: v for v in km.weights}
+    before = {p: np.array(v.numpy()) for p, v in kvars.items()}
+    np.testing.assert_array_equal(before["f/kernel"], state["fc.weight"].T)
+    np.testing.assert_array_equal(before["f/bias"], state["fc.bias"])
+    with torch.no_grad():
+        for t in tm.state_dict().values():
+            t.add_(1)
+    for p, v in kvars.items():
+        np.testing.assert_array_equal(v.numpy(), before[p], err_msg=p)
+    # ...while the big kernel was adopted, not copied: its variable reads the plan's buffer
+    big = next(a for a in plan if a.torch_key == "fc.weight")
+    big.array[0, :3] = (1.0, 2.0, 3.0)
+    np.testing.assert_array_equal(kvars["f/kernel"].numpy()[0, :3], [1.0, 2.0, 3.0])
+
+
 def test_keras_layer_path_fills_numbered_and_named_groups():
     r = rule(0, r"layer(?P<stage>\d)\.(\d+)(\.conv)?", "s{stage}_b{2}{3}", "conv2d")
     assert keras_layer_path(r, r.torch.fullmatch("layer3.12")) == "s3_b12"   # unmatched group -> ""

@@ -226,6 +226,41 @@ def test_linear_after_flatten_pitfall_plain_linear_is_wrong():
     assert rel_err(km(x), ref) > 0.1    # ... and the result is wrong
 
 
+def test_large_kernels_copied_in_slabs_keep_parity():
+    """Kernels above _SLAB_MIN_BYTES take the slab-by-slab copy (VGG/AlexNet's classifiers);
+    output channels that are no multiple of the slab width leave a partial last slab."""
+    from zoo.transforms import _SLAB, _SLAB_MIN_BYTES, ALIGNMENT
+
+    fc = perturb(nn.Linear(1100, 1000), seed=6)                    # 4.4 MB
+    conv = perturb(nn.Conv2d(512, 300, 3, padding=1), seed=7)      # 5.5 MB
+    for m in (fc, conv):
+        assert m.weight.numel() * 4 > _SLAB_MIN_BYTES and m.weight.shape[0] % _SLAB
+    dense, kconv = keras.layers.Dense(1000), keras.layers.Conv2D(300, 3, padding="same")
+    dense.build((None, 1100))
+    kconv.build((None, 5, 6, 512))
+    load(fc, dense, "linear")
+    load(conv, kconv, "conv2d")
+    x = np.random.default_rng(8).standard_normal((2, 1100)).astype(np.float32)
+    with torch.no_grad():
+        assert rel_err(dense(x), fc(torch.from_numpy(x)).numpy()) <= TOL
+        xi = image(n=1, h=5, w=6, c=512, seed=9)
+        assert rel_err(kconv(xi), to_nhwc(conv(nchw(xi)))) <= TOL
+    kernel = TRANSFORMS["linear"].leaf("weight")[1](fc.weight.detach().numpy())
+    assert kernel.flags.c_contiguous and kernel.ctypes.data % ALIGNMENT == 0
+
+    # linear_after_flatten at that size: 1001 outputs after a (64, 5, 4) map
+    tconv = perturb(nn.Conv2d(2, 64, 3, padding=1), seed=10)
+    tfc = perturb(nn.Linear(64 * 5 * 4, 1001), seed=11)
+    tm = nn.Sequential(tconv, nn.Flatten(), tfc).eval()
+    kc, kfc = keras.layers.Conv2D(64, 3, padding="same"), keras.layers.Dense(1001)
+    km = keras.Sequential([keras.Input((5, 4, 2)), kc, keras.layers.Flatten(), kfc])
+    load(tconv, kc, "conv2d")
+    load(tfc, kfc, "linear_after_flatten", chw=[64, 5, 4])
+    x = image(n=2, h=5, w=4, c=2, seed=12)
+    with torch.no_grad():
+        assert rel_err(km(x), tm(nchw(x)).numpy()) <= TOL
+
+
 def test_linear_after_flatten_rejects_wrong_chw():
     fn = TRANSFORMS["linear_after_flatten"].leaf("weight")[1]
     with pytest.raises(ValueError, match="C\\*H\\*W"):

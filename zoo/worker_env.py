@@ -13,7 +13,11 @@ import os
 # of 1 MiB or more back to the system when freed: a conversion's peak RSS above the interpreter
 # fell 6-11 % (resnet50 606 -> 570 MB, convnext_tiny 584 -> 543, vit_small 439 -> 391; same
 # conversion time), under issue 11's 3x both models' parameter bytes.
-ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+# numpy asks the kernel for huge pages on arrays of 4 MB or more (madvise); with this kernel's
+# THP "defrag=madvise" a fault on such an array may compact memory first, synchronously. Measured
+# on VGG-11's mapping (0.5 GB of fresh kernels), same machine, 3 runs each: 0.29-1.34 s with it,
+# 0.46-0.52 s without.
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20), "NUMPY_MADVISE_HUGEPAGE": "0"}
 # ...but it makes every large allocation a fresh mmap whose pages fault in on first touch, and
 # PyTorch's CPU allocator mallocs each op's output anew: timed under it, PyTorch models ran up to
 # ~1.6x slower while TensorFlow (which pools its buffers) did not move. What glibc's dynamic

@@ -15,7 +15,7 @@ import numpy as np
 from zoo.errors import MappingError
 from zoo.recipe import Rule
 from zoo.templates import TemplateError, parse_template, render_template
-from zoo.transforms import TRANSFORMS
+from zoo.transforms import ALIGNMENT, TRANSFORMS
 
 MAX_REPORTED = 40
 
@@ -26,6 +26,9 @@ class Assignment:
     keras_path: str
     rule: Rule
     array: np.ndarray
+    # the array is the transform's own (shares no memory with the torch state): apply_plan may
+    # hand its buffer to the Keras variable instead of copying it
+    owned: bool = False
 
 
 def keras_layer_path(rule: Rule, match) -> str:
@@ -128,7 +131,8 @@ def plan_mapping(state: dict[str, np.ndarray], model, rules: list[Rule], ignore,
                               f"({rule.describe()})")
                 continue
             assigned[path] = key
-            plan.append(Assignment(key, path, rule, arr))
+            plan.append(Assignment(key, path, rule, arr,
+                                   owned=not np.may_share_memory(arr, src)))
         if t.check and check_hparams and modules is not None and module in modules:
             layer = next((owner[p] for p in kvars if p.startswith(layer_path + "/")), None)
             if layer is not None:
@@ -149,7 +153,23 @@ def plan_mapping(state: dict[str, np.ndarray], model, rules: list[Rule], ignore,
     return plan
 
 
+def _handover(a: Assignment, var):
+    """The array as a tensor sharing its buffer, when that is safe: the transform made it (no
+    torch tensor aliases it), nothing else will write to it (the plan drops its arrays once
+    applied), and it is laid out as TensorFlow's kernels assume. Assigning a NumPy array costs a
+    copy into fresh pages, which for VGG's 0.5 GB of kernels took longer than building the
+    model; assigning a tensor lets the variable adopt its buffer."""
+    arr = a.array
+    if (a.owned and arr.flags.c_contiguous and arr.flags.writeable and arr.size
+            and arr.ctypes.data % ALIGNMENT == 0 and arr.dtype == np.dtype(var.dtype)):
+        import tensorflow as tf
+        return tf.experimental.dlpack.from_dlpack(arr.__dlpack__())
+    return arr
+
+
 def apply_plan(model, plan: list[Assignment]) -> None:
+    """Assign the plan. Its owned arrays may become the variables' storage: drop them after."""
     kvars = {v.path: v for v in model.weights}
     for a in plan:
-        kvars[a.keras_path].assign(a.array)
+        var = kvars[a.keras_path]
+        var.assign(_handover(a, var))
