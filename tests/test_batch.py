@@ -40,12 +40,20 @@ def test_batch_survives_failures_and_resumes(tmp_path, extra_recipes):
     assert index["test/crash"]["status"] == "crashed"
     assert "SIGKILL" in index["test/crash"]["error"]
     assert index["timm/resnet18"]["max_rel"] < 1e-5 and index["timm/resnet18"]["top1"] == 1.0
+    # memory: ResNet-18 holds 11.69 M parameters and 9,600 BatchNorm statistics in float32 (plus
+    # torch's 20 int64 batch counters), once in each framework; the worker's peak is recorded
+    row = index["timm/resnet18"]
+    assert 2 * 4 * (11_689_512 + 9_600) <= row["parameter_bytes"] <= 2 * 4 * 11_699_112 + 20 * 8, row
+    assert 0 < row["rss_mb"] < 3000, row
+    assert index["test/crash"].get("rss_mb") is None    # a killed worker reports nothing
     # Nothing half-written: failed models have no folder, no temp folders anywhere.
     assert not (out / "test").exists()
     assert not [p for p in out.rglob(".*") if p.name != ".logs" and ".logs" not in p.parts]
     summary = (out / "SUMMARY.md").read_text()
     assert "| timm/resnet18 | passed | random |" in summary and "test/crash | crashed" in summary
-    assert "| model | status | weights | max rel error | top-1 agreement | seconds |" in proc.stdout
+    assert "| model | status | weights | max rel error | top-1 agreement | seconds | peak MB (limit) |" \
+        in proc.stdout
+    assert "Peak memory: each worker's peak RSS above its baseline" in summary
 
     # --resume: complete, unchanged models are skipped; failed ones are retried.
     before = (out / "timm/resnet18/model.weights.h5").stat().st_mtime_ns

@@ -151,8 +151,28 @@ def _summary_row(name, result) -> dict:
             "skipped": {f: e["skipped"] for f, e in (report.get("exports") or {}).items()
                         if "skipped" in e},
             "bytes": sum(m["bytes"] for m in (report.get("files") or {}).values()) or None,
+            "rss_mb": _above(result.get("rss_peak_mb"), result.get("rss_baseline_mb")),
+            "parameter_bytes": sum((report.get("parameter_bytes") or {}).values()) or None,
             "error": ((result.get("error") or "").splitlines() or [""])[0][:300] or None,
             "warnings": result.get("warnings") or []}
+
+
+def _above(peak, baseline):
+    return None if peak is None or baseline is None else round(peak - baseline, 1)
+
+
+# issue 11: a worker's peak RSS above its import baseline stays under this many times the bytes
+# of both models' parameters
+RSS_LIMIT_FACTOR = 3
+
+
+def memory_cell(row: dict) -> str:
+    """Peak RSS above the worker's import baseline, and the limit it is held to."""
+    if row.get("rss_mb") is None:
+        return "-"
+    limit = row.get("parameter_bytes")
+    return f"{row['rss_mb']:.0f}" + ("" if not limit else
+                                     f" ({RSS_LIMIT_FACTOR * limit / 1e6:.0f})")
 
 
 def _fmt(v, spec):
@@ -185,18 +205,25 @@ def formats_cell(row: dict) -> str:
 
 
 def summary_table(rows: dict) -> str:
-    lines = ["| model | status | weights | max rel error | top-1 agreement | seconds | formats |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | status | weights | max rel error | top-1 agreement | seconds | "
+             "peak MB (limit) | formats |",
+             "|---|---|---|---|---|---|---|---|"]
     for name in sorted(rows):
         r = rows[name]
         status = r["status"] + (f" ({r['error']})" if r.get("error") else "")
         lines.append(f"| {name} | {status} | {r.get('weights') or '-'} | "
                      f"{parity_cell(r.get('max_rel'), r.get('outputs'))} | {_fmt(r.get('top1'), '.3f')} | "
-                     f"{_fmt(r.get('seconds'), '.1f')} | {formats_cell(r)} |")
+                     f"{_fmt(r.get('seconds'), '.1f')} | {memory_cell(r)} | {formats_cell(r)} |")
     sizes = [r["bytes"] for r in rows.values() if r.get("bytes")]
     if sizes:
         lines.append(f"\nOn disk: {sum(sizes) / 1e9:.2f} GB for the {len(sizes)} models with "
                      "outputs (sizes from each report's file manifest).")
+    measured = [r for r in rows.values() if r.get("rss_mb") is not None and r.get("parameter_bytes")]
+    if measured:
+        within = sum(r["rss_mb"] * 1e6 <= RSS_LIMIT_FACTOR * r["parameter_bytes"] for r in measured)
+        lines.append(f"\nPeak memory: each worker's peak RSS above its baseline (torch, TensorFlow "
+                     f"and zoo imported), against {RSS_LIMIT_FACTOR}x the bytes of both models' "
+                     f"parameters: within it for {within} of {len(measured)} models.")
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from zoo.conversion.torch_first import torch  # before anything imports keras
+from zoo.conversion.worker import peak_rss_mb
 from zoo.worker_env import restore_steady_allocator
 
 
@@ -33,11 +33,6 @@ def pin_threads(n: int) -> None:
 
     tf.config.threading.set_intra_op_parallelism_threads(n)
     tf.config.threading.set_inter_op_parallelism_threads(n)
-
-
-def peak_rss_mb() -> float:
-    """The process' peak resident set so far (Linux reports ru_maxrss in KiB)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def batch_inputs(inputs: dict, batch: int) -> dict:

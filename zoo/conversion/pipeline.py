@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from zoo import faults
 from zoo.arguments import InvalidArgumentError, output_root, positive_int
 from zoo.catalog import get_variant, output_dir
@@ -124,6 +126,13 @@ def _build_and_map(name, variant, tm, in_chans, timings, progress, check_hparams
     return kwargs, model, plan
 
 
+def parameter_bytes(tm, model) -> dict:
+    """Bytes of every tensor each model holds: torch's state_dict, Keras' variables."""
+    return {"torch": int(sum(a.nbytes for a in tm.state_dict_numpy().values())),
+            "keras": int(sum(np.prod(v.shape, dtype=np.int64) * np.dtype(v.dtype).itemsize
+                             for v in model.weights))}
+
+
 def _refuse_fixed_size(name, size, in_chans):
     """An image input whose recipe fixes its height and width (weights laid out per patch
     position: MLP-Mixer's token MLP) runs at that size only: another --input-size is refused
@@ -214,6 +223,8 @@ def convert(name: str, weights="random", num_classes: int | None = None,
         "versions": library_versions(), "warnings": list(warnings) + tm.warnings, "parity": parity,
         "torch_float32_vs_float64": floor,
         "timings": timings,
+        # issue 11's memory bound for a conversion is a multiple of these (summary: peak RSS)
+        "parameter_bytes": parameter_bytes(tm, model),
     }
     if inference:
         report["inference"] = {"mode": inference, "folded": folded}

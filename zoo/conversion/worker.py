@@ -5,6 +5,7 @@ crash or an out-of-memory kill leaves no result file, which the parent reports."
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 import traceback
@@ -26,12 +27,19 @@ def resolve_weights(name: str, requested: str) -> tuple[str, list[str]]:
                       f"unreachable): FELL BACK TO RANDOM WEIGHTS (parity test only, not for use)"]
 
 
+def peak_rss_mb() -> float:
+    """This process' peak resident set so far (Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def run(job: dict) -> dict:
     from zoo.conversion.pipeline import convert
     from zoo.errors import ValidationError, ZooError
 
     t0 = time.perf_counter()
-    result = {"name": job["name"], "status": "failed", "weights_requested": job["weights"]}
+    result = {"name": job["name"], "status": "failed", "weights_requested": job["weights"],
+              # torch, TensorFlow and zoo are imported: what the conversion adds is above this
+              "rss_baseline_mb": peak_rss_mb()}
     try:
         weights, warnings = resolve_weights(job["name"], job["weights"])
         result["warnings"] = warnings
@@ -56,6 +64,7 @@ def run(job: dict) -> dict:
         print(f"{job['name']}: FAILED: {type(e).__name__}", file=sys.stderr)
         traceback.print_exc(file=sys.stderr)
     result["seconds"] = round(time.perf_counter() - t0, 2)
+    result["rss_peak_mb"] = peak_rss_mb()
     return result
 
 
