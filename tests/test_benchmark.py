@@ -117,3 +117,29 @@ def test_targets_name_each_models_fastest_path():
     assert "`c`" not in table
     assert "1 of 2 models meet it at every batch size" in table
     assert "Median of the best ratios at batch 8: 0.80" in table
+
+
+def test_resume_keeps_what_was_measured_and_measures_the_rest(bench, tmp_path):
+    """--resume after a stopped or partly failed run: a model measured with the same settings and
+    versions is kept as it was, a failed one is measured again; results.json from other settings
+    is refused (its ratios would not compare)."""
+    out, results = bench
+    (name, r), = results["models"].items()
+    kept_name = "torchvision/squeezenet1_0.IMAGENET1K_V1"   # a stand-in: it must not be re-run
+    earlier = {**results, "models": {kept_name: {**r, "measured_at": "2026-01-01T00:00:00+00:00"},
+                                     name: {"name": name, "status": "failed", "error": "killed"}}}
+    (tmp_path / "results.json").write_text(json.dumps(earlier))
+    args = ["--only", MODEL, "torchvision/squeezenet1_0*", "--input-size", SMALL, "--calls", 3,
+            "--warmup", 1, "--batch", 1, "--threads", 1, "--out", tmp_path]
+    proc = run_script("benchmark.py", *args, "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 model(s) already measured, 1 to measure" in proc.stderr
+    now = json.loads((tmp_path / "results.json").read_text())
+    assert now["models"][kept_name] == earlier["models"][kept_name]
+    assert now["models"][name]["status"] == "passed" and now["models"][name]["measured_at"]
+    md = (tmp_path / "BENCHMARK.md").read_text()
+    assert "last model measured" in md and f"`{kept_name}`" in md
+
+    proc = run_script("benchmark.py", *[a if a != 3 else 5 for a in args], "--resume")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "other settings (calls: 3 there, 5 now)" in proc.stderr, proc.stderr

@@ -221,9 +221,10 @@ def summary_table(rows: dict) -> str:
     measured = [r for r in rows.values() if r.get("rss_mb") is not None and r.get("parameter_bytes")]
     if measured:
         within = sum(r["rss_mb"] * 1e6 <= RSS_LIMIT_FACTOR * r["parameter_bytes"] for r in measured)
-        lines.append(f"\nPeak memory: each worker's peak RSS above its baseline (torch, TensorFlow "
-                     f"and zoo imported), against {RSS_LIMIT_FACTOR}x the bytes of both models' "
-                     f"parameters: within it for {within} of {len(measured)} models.")
+        lines.append(f"\nPeak memory: each worker's peak RSS above its baseline (torch, TensorFlow, "
+                     f"Keras and zoo loaded, TensorFlow's runtime started), against "
+                     f"{RSS_LIMIT_FACTOR}x the bytes of both models' parameters: within it for "
+                     f"{within} of {len(measured)} models.")
     return "\n".join(lines) + "\n"
 
 

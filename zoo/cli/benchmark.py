@@ -177,14 +177,17 @@ def conversion_table(models: dict) -> str:
 
 def header(results: dict) -> str:
     m, s, v = results["machine"], results["settings"], results["versions"]
-    return (f"Run {results['date']} on {m['cpu']} ({m['cores']} cores, {m['ram_gb']} GB RAM), "
+    last = max((r["measured_at"] for r in results["models"].values() if r.get("measured_at")),
+               default=None)
+    return (f"Run {results['date']}" + (f" (last model measured {last})" if last else "")
+            + f" on {m['cpu']} ({m['cores']} cores, {m['ram_gb']} GB RAM), "
             f"{s['threads']} thread(s) for each framework, median of {s['calls']} calls after "
             f"{s['warmup']} warm-up calls, random perturbed weights, "
             f"{'input ' + str(s['input_size']) + ' px' if s['input_size'] else 'each recipe input size'}; "
             f"load average (1/5/15 min) {m.get('load_average_before')} before, "
             f"{m.get('load_average_after')} after."
             f"\nVersions: " + ", ".join(f"{k} {v[k]}" for k in sorted(v) if v[k]) + ".\n"
-            + _busy_warning(m))
+            + _busy_warning(m) + _busy_models(results["models"], m["cores"]))
 
 
 def _busy_warning(m: dict) -> str:
@@ -197,6 +200,14 @@ def _busy_warning(m: dict) -> str:
     return (f"\n**The machine was busy** (1-minute load {max(loads)} on {m['cores']} cores): "
             "PyTorch's OpenMP threads suffer far more from sharing the cores than TensorFlow's, "
             "so these ratios favour TensorFlow; re-run on an idle machine.\n")
+
+
+def _busy_models(models: dict, cores: int) -> str:
+    """The models timed while the 1-minute load reached the core count (see _busy_warning)."""
+    busy = sorted(n for n, r in models.items()
+                  if any(x and x[0] >= cores for x in r.get("load_average") or ()))
+    return ("" if not busy else f"\n**Timed on a busy machine** (1-minute load >= {cores}): "
+            + ", ".join(f"`{n}`" for n in busy) + "; their ratios favour TensorFlow.\n")
 
 
 def markdown(results: dict) -> str:
@@ -214,8 +225,8 @@ def markdown(results: dict) -> str:
             "ms. Both timed in one process, one call of each path per round.\n\n"
             + latency_table(models) +
             "\n## Conversion (seconds per stage of zoo's pipeline) and the worker's peak memory\n\n"
-            "Peak RSS is the worker's after conversion; the baseline is after importing torch, "
-            "TensorFlow and zoo.\n\n" + conversion_table(models)
+            "Peak RSS is the worker's after conversion; the baseline is with torch, TensorFlow, "
+            "Keras and zoo loaded and TensorFlow's runtime started.\n\n" + conversion_table(models)
             + ("\n## Failed\n\n" + "\n".join(failed) + "\n" if failed else ""))
 
 
@@ -299,6 +310,9 @@ def main(argv=None):
                    help="where results.json, BENCHMARK.md and the plots go")
     p.add_argument("--render", action="store_true",
                    help="run nothing: rewrite BENCHMARK.md and the plots from OUT/results.json")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the models OUT/results.json already measured with the same settings "
+                        "and library versions, and measure the rest of the selection")
     args = p.parse_args(argv)
 
     if importlib.util.find_spec("matplotlib") is None:
@@ -327,25 +341,69 @@ def main(argv=None):
     settings = {"batches": sorted(set(args.batch)), "threads": args.threads, "calls": args.calls,
                 "warmup": args.warmup, "input_size": args.input_size,
                 "formats": list(BENCH_FORMATS)}
-    results = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-               "machine": machine(), "versions": library_versions(), "settings": settings,
+    from zoo.export import write_json
+    results = {"date": _now(), "machine": machine(), "versions": library_versions(),
+               "settings": settings,
                "command": " ".join(["scripts/benchmark.py", *(argv if argv is not None
                                                                else sys.argv[1:])]),
                "models": {}}
+    if args.resume:
+        try:
+            results = resumed(out / "results.json", results)
+        except ValueError as e:
+            print(f"error: --resume: {e}", file=sys.stderr)
+            return 2
+        kept = [n for n in names if n in results["models"]]
+        names = [n for n in names if n not in results["models"]]
+        print(f"--resume: {len(kept)} model(s) already measured, {len(names)} to measure",
+              file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(names, desc="benchmark", unit="model")
     with tempfile.TemporaryDirectory(prefix="zoo-bench-") as tmp:
         for name in bar:
             bar.set_postfix_str(name)
+            before = _load()
             r = run_one(name, settings, Path(tmp), args.timeout,
                         lambda s, name=name: bar.set_postfix_str(f"{name} [{s}]"))
+            # when and under what load this model was timed (a resumed run spans several runs)
+            r.update(measured_at=_now(), load_average=[before, _load()])
             results["models"][name] = r
+            results["machine"]["load_average_after"] = _load()
+            # after every model: a run stopped after hours keeps what it measured (--resume)
+            write_json(out / "results.json", results)
             if r.get("status") != "passed":
                 tqdm.write(f"FAILED {name}: {r.get('error', '')[:500]}", file=sys.stderr)
     results["machine"]["load_average_after"] = _load()
-    out.mkdir(parents=True, exist_ok=True)
-    from zoo.export import write_json
     write_json(out / "results.json", results)
     return write_report(results, out)
+
+
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def resumed(path: Path, fresh: dict) -> dict:
+    """The earlier results at `path` with their passed models, to be completed by this run.
+    Raises ValueError when they were measured otherwise (settings, library versions): their
+    ratios would not compare with this run's."""
+    if not path.is_file():
+        return fresh
+    try:
+        old = json.loads(path.read_text())
+        old_settings, old_versions = old["settings"], old["versions"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a benchmark's results.json ({e})") from None
+    for what, a, b in (("settings", old_settings, fresh["settings"]),
+                       ("library versions", old_versions, fresh["versions"])):
+        differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        if differ:
+            raise ValueError(f"{path} was measured with other {what} ("
+                             + "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} now"
+                                         for k in differ)
+                             + "); use another --out or drop --resume")
+    old["models"] = {n: r for n, r in old["models"].items() if r.get("status") == "passed"}
+    old["command"] = f"{old['command']}; then {fresh['command']}"
+    return old
 
 
 def write_report(results: dict, out: Path) -> int:

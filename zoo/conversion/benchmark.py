@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from zoo.conversion.torch_first import torch  # before anything imports keras
-from zoo.conversion.worker import peak_rss_mb
+from zoo.conversion.worker import baseline_rss_mb, peak_rss_mb
 from zoo.worker_env import restore_steady_allocator
 
 
@@ -154,7 +154,7 @@ def run(job: dict) -> dict:
     result = {"name": job["name"], "status": "failed"}
     try:
         pin_threads(job["threads"])
-        result["rss_baseline_mb"] = peak_rss_mb()   # interpreter + torch + TF + zoo imported
+        result["rss_baseline_mb"] = baseline_rss_mb()
         result.update(_run(job))
         result["status"] = "passed"
     except Exception as e:  # noqa: BLE001 - the parent reports every failure and goes on
