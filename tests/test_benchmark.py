@@ -5,6 +5,7 @@ Keras paths agree with torch (the same network was timed), BENCHMARK.md and the 
 bad arguments are one line and exit code 2. No timing thresholds: speed is the benchmark's to
 report, not a test's to assert."""
 import json
+import os
 
 import pytest
 import torch
@@ -143,3 +144,27 @@ def test_resume_keeps_what_was_measured_and_measures_the_rest(bench, tmp_path):
     proc = run_script("benchmark.py", *[a if a != 3 else 5 for a in args], "--resume")
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "other settings (calls: 3 there, 5 now)" in proc.stderr, proc.stderr
+
+
+def test_other_processes_cpu_share_is_measured_and_named():
+    """Per model, the share of the machine's CPU time other processes used while it was timed:
+    a process spinning one core for a second shows up (its CPU time is not the benchmark's own,
+    as the load average would have it), and a model timed so is named in the report."""
+    import subprocess
+    import sys
+    import time
+
+    from zoo.cli.benchmark import BUSY_SHARE, _busy_models, _cpu_seconds, other_cpu_share
+
+    assert other_cpu_share((100.0, 10.0), (130.0, 25.0), 10.0, 2) == 0.75
+    assert other_cpu_share((100.0, 10.0), (101.0, 12.0), 10.0, 2) == 0.0   # never negative
+    start, t0 = _cpu_seconds(), time.perf_counter()
+    spin = subprocess.Popen([sys.executable, "-c",
+                             "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass"])
+    time.sleep(1.6)
+    share = other_cpu_share(start, _cpu_seconds(), time.perf_counter() - t0, os.cpu_count())
+    spin.wait()
+    assert share >= 0.6 / os.cpu_count(), share   # one of the machine's cores, nearly throughout
+    md = _busy_models({"a/quiet": {"other_cpu_share": 0.05},
+                       "b/busy": {"other_cpu_share": BUSY_SHARE + 0.1}, "c/old": {}})
+    assert "`b/busy` (35%)" in md and "a/quiet" not in md and "c/old" not in md

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -187,27 +188,55 @@ def header(results: dict) -> str:
             f"load average (1/5/15 min) {m.get('load_average_before')} before, "
             f"{m.get('load_average_after')} after."
             f"\nVersions: " + ", ".join(f"{k} {v[k]}" for k in sorted(v) if v[k]) + ".\n"
-            + _busy_warning(m) + _busy_models(results["models"], m["cores"]))
+            + _busy_warning(m) + _busy_models(results["models"]))
 
 
 def _busy_warning(m: dict) -> str:
     """Measured: with more runnable threads than cores, PyTorch's OpenMP pool slows down many
     times more than TensorFlow's thread pool (ResNet-18 b1 0.96 s instead of 37 ms at a load of
-    3.6 on 2 cores), so ratios from a busy machine say little about the converted models."""
-    loads = [x[0] for x in (m.get("load_average_before"), m.get("load_average_after")) if x]
-    if not loads or max(loads) < m["cores"]:
+    3.6 on 2 cores), so ratios from a busy machine say little about the converted models. Only
+    the load before the run counts here: once it runs, the benchmark's own threads are in the
+    load average too (_busy_models measures the others' share per model)."""
+    load = (m.get("load_average_before") or [None])[0]
+    if load is None or load < m["cores"]:
         return ""
-    return (f"\n**The machine was busy** (1-minute load {max(loads)} on {m['cores']} cores): "
-            "PyTorch's OpenMP threads suffer far more from sharing the cores than TensorFlow's, "
-            "so these ratios favour TensorFlow; re-run on an idle machine.\n")
+    return (f"\n**The machine was busy** (1-minute load {load} on {m['cores']} cores before the "
+            "run): PyTorch's OpenMP threads suffer far more from sharing the cores than "
+            "TensorFlow's, so these ratios favour TensorFlow; re-run on an idle machine.\n")
 
 
-def _busy_models(models: dict, cores: int) -> str:
-    """The models timed while the 1-minute load reached the core count (see _busy_warning)."""
-    busy = sorted(n for n, r in models.items()
-                  if any(x and x[0] >= cores for x in r.get("load_average") or ()))
-    return ("" if not busy else f"\n**Timed on a busy machine** (1-minute load >= {cores}): "
-            + ", ".join(f"`{n}`" for n in busy) + "; their ratios favour TensorFlow.\n")
+# a model timed while other processes took more than this share of the machine's CPU time
+BUSY_SHARE = 0.25
+
+
+def _busy_models(models: dict) -> str:
+    """The models timed while other processes used more than BUSY_SHARE of the CPU time."""
+    busy = sorted(n for n, r in models.items() if (r.get("other_cpu_share") or 0) > BUSY_SHARE)
+    return ("" if not busy else f"\n**Timed while other processes used more than "
+            f"{BUSY_SHARE:.0%} of the CPU time**: " + ", ".join(
+                f"`{n}` ({models[n]['other_cpu_share']:.0%})" for n in busy)
+            + "; their ratios favour TensorFlow.\n")
+
+
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds the machine spent busy, CPU seconds of this process and its finished
+    children) so far; None where /proc/stat is not there (not Linux)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal: all but idle and iowait are busy
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    own = sum(getattr(resource.getrusage(who), f) for who in
+              (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) for f in ("ru_utime", "ru_stime"))
+    return busy / os.sysconf("SC_CLK_TCK"), own
+
+
+def other_cpu_share(start, end, wall: float, cores: int) -> float | None:
+    """Share of the machine's CPU time that other processes used between two _cpu_seconds()."""
+    if start is None or end is None or wall <= 0:
+        return None
+    return round(max(0.0, (end[0] - start[0]) - (end[1] - start[1])) / (wall * cores), 3)
 
 
 def markdown(results: dict) -> str:
@@ -362,11 +391,12 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="zoo-bench-") as tmp:
         for name in bar:
             bar.set_postfix_str(name)
-            before = _load()
+            cpu0, t0 = _cpu_seconds(), time.perf_counter()
             r = run_one(name, settings, Path(tmp), args.timeout,
                         lambda s, name=name: bar.set_postfix_str(f"{name} [{s}]"))
-            # when and under what load this model was timed (a resumed run spans several runs)
-            r.update(measured_at=_now(), load_average=[before, _load()])
+            # when, and how busy the machine was with other work (a resumed run spans runs)
+            r.update(measured_at=_now(), other_cpu_share=other_cpu_share(
+                cpu0, _cpu_seconds(), time.perf_counter() - t0, results["machine"]["cores"]))
             results["models"][name] = r
             results["machine"]["load_average_after"] = _load()
             # after every model: a run stopped after hours keeps what it measured (--resume)
