@@ -189,9 +189,7 @@ def _run(job: dict) -> dict:
         tm = load_torch_model(variant, tag, "random")
         out["params"] = {"torch": sum(p.numel() for p in tm.module.parameters()),
                          "keras": int(model.count_params())}
-        out["param_bytes"] = {"torch": sum(t.numel() * t.element_size()
-                                           for t in tm.module.state_dict().values()),
-                              "keras": int(sum(w.numpy().nbytes for w in model.weights))}
+        out["param_bytes"] = report["parameter_bytes"]   # counted once, by the pipeline
         specs = (variant.input_specs(), variant.output_specs())
         base = make_inputs(specs[0], size, tm.preprocessing)
         folder = Path(report["output_dir"])
