@@ -7,6 +7,8 @@ import zoo.conversion.torch_first  # noqa: F401  (torch, torchvision, timm befor
 
 # isort: split
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ import torch
 from torch import nn
 
 import zoo
-from helpers import rel
+from helpers import rel, run_python
 from zoo.layers import dense
 from zoo.layers.gelu import exact_gelu
 from zoo.layers.layer_norm import LayerNormalization
@@ -60,6 +62,88 @@ def test_conv2d_is_torch_conv_and_a_matmul_only_when_1x1(kernel, stride):
     assert rel(keras.ops.convert_to_numpy(layer(x)), ref.transpose(0, 2, 3, 1)) < 1e-6
 
 
+def _grouped_pair(groups, stride, dilation, padding="valid", seed=3):
+    """torch's grouped Conv2d (perturbed, trained-scale weights) and zoo's Conv2D holding them,
+    bias and ReLU on: Conv2D + BiasAdd + Relu is the pattern Grappler fuses."""
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(32, 48, 3, stride, padding=dilation, dilation=dilation, groups=groups)
+    with torch.no_grad():
+        conv.bias.uniform_(-0.5, 0.5)
+    layer = dense.Conv2D(48, 3, strides=stride, padding=padding, dilation_rate=dilation,
+                         groups=groups, activation="relu")
+    layer.build((None, None, None, 32))
+    layer.set_weights([conv.weight.detach().numpy().transpose(2, 3, 1, 0),
+                       conv.bias.detach().numpy()])
+    return conv, layer
+
+
+@pytest.mark.parametrize("groups, stride, dilation", [(4, 1, 1), (4, 2, 1), (16, 1, 2), (8, 2, 1)])
+def test_grouped_conv2d_is_torch_conv_forward_and_backward(groups, stride, dilation):
+    """A grouped Conv2D (RegNet's, ResNeXt's) on TensorFlow's native kernel: torch's output and
+    its gradients for the input, kernel and bias (fine-tuning), in a graph as Keras runs it."""
+    import tensorflow as tf
+
+    conv, layer = _grouped_pair(groups, stride, dilation)
+    x = _rand(2, 15, 13, 32)
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
+    ref = torch.relu(conv(xt))
+    (ref ** 2).sum().backward()
+
+    @tf.function
+    def forward_backward(a):
+        with tf.GradientTape() as tape:
+            tape.watch(a)
+            y = layer(keras.layers.ZeroPadding2D(dilation)(a))   # torch's padding=dilation
+            loss = tf.reduce_sum(y ** 2)
+        return y, tape.gradient(loss, [a, layer.kernel, layer.bias])
+
+    y, (gx, gk, gb) = forward_backward(tf.constant(x))
+    assert rel(y, ref.detach().numpy().transpose(0, 2, 3, 1)) < 1e-6
+    assert rel(gx, xt.grad.numpy().transpose(0, 2, 3, 1)) < 1e-5
+    assert rel(gk, conv.weight.grad.numpy().transpose(2, 3, 1, 0)) < 1e-5
+    assert rel(gb, conv.bias.grad.numpy()) < 1e-5
+
+
+def _xla_islands(layer_class):
+    """Names of the XLA-compiled functions inside a traced model of one grouped convolution."""
+    import tensorflow as tf
+
+    inp = keras.Input((14, 14, 32))
+    model = keras.Model(inp, layer_class(32, 3, padding="same", groups=4)(inp))
+    graph = tf.function(model).get_concrete_function(
+        tf.TensorSpec((1, 14, 14, 32))).graph.as_graph_def()
+    return [f.signature.name for f in graph.library.function
+            if "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b]
+
+
+@pytest.mark.skipif(not dense.onednn_enabled(), reason="TensorFlow runs without oneDNN here")
+def test_grouped_conv2d_runs_no_xla_island():
+    """Keras compiles each grouped convolution into its own XLA function (1.5-2x RegNet's
+    latency); zoo's Conv2D leaves it to TensorFlow's kernel. Should Keras drop its island, the
+    first assertion fails and zoo's path can go."""
+    assert _xla_islands(keras.layers.Conv2D)
+    assert not _xla_islands(dense.Conv2D)
+
+
+def test_grouped_conv2d_keeps_keras_route_without_onednn():
+    """Without oneDNN, Grappler's fused Conv2D+BiasAdd kernel rejects groups: zoo's Conv2D then
+    takes Keras' route, and the graph runs and matches torch."""
+    proc = run_python(
+        "import zoo.conversion.torch_first, tensorflow as tf, torch, numpy as np\n"
+        "import test_layers_dense as t\n"
+        "from zoo.layers import dense\n"
+        "assert not dense.onednn_enabled()\n"
+        "conv, layer = t._grouped_pair(4, 1, 1, padding='same')\n"
+        "x = t._rand(2, 9, 9, 32)\n"
+        "y = tf.function(layer)(tf.constant(x)).numpy()\n"
+        "ref = torch.relu(conv(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())))\n"
+        "ref = ref.detach().numpy().transpose(0, 2, 3, 1)\n"
+        "print(float(np.abs(y - ref).max() / np.abs(ref).max()))\n",
+        env={"TF_ENABLE_ONEDNN_OPTS": "0", "PYTHONPATH": str(Path(__file__).parent)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.split()[-1]) < 1e-6
+
+
 @pytest.mark.parametrize("shape", [(3, 32), (2, 9, 32), (2, 5, 6, 32)])
 def test_layer_normalization_is_torch_layer_norm(shape):
     torch.manual_seed(2)
@@ -88,7 +172,8 @@ def _plain_keras(monkeypatch):
     ("timm/vit_tiny_patch16_224", 64), ("timm/convnext_atto", 64), ("timm/convnext_tiny", 64),
     # the other families with the fast layers, at the sizes their windows and grids take
     ("timm/swin_tiny_patch4_window7_224", 224), ("torchvision/swin_v2_t", 256),
-    ("torchvision/maxvit_t", 224), ("timm/levit_128s", 224)])
+    ("torchvision/maxvit_t", 224), ("timm/levit_128s", 224),
+    ("timm/regnety_004", 64)])   # grouped convolutions
 def test_weights_file_layout_is_plain_keras(name, size, tmp_path, monkeypatch):
     """Keras addresses a layer in .weights.h5 by its class's snake_case name and index: had the
     fast layers other class names, every weights file written by a model of plain Keras layers
@@ -96,7 +181,8 @@ def test_weights_file_layout_is_plain_keras(name, size, tmp_path, monkeypatch):
     fast = zoo.create_model(name, input_shape=(size, size, 3))
     fast_types = {type(layer) for layer in fast.layers}
     assert fast_types & {dense.Dense, dense.Conv2D}
-    assert LayerNormalization in fast_types or "levit" in name   # LeViT's norms are BatchNorms
+    # LeViT's and RegNet's norms are BatchNorms
+    assert LayerNormalization in fast_types or name in ("timm/levit_128s", "timm/regnety_004")
     with monkeypatch.context() as patch:
         _plain_keras(patch)
         plain = zoo.create_model(name, input_shape=(size, size, 3))

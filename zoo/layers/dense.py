@@ -14,7 +14,16 @@ model built with plain Keras layers, and either model loads the other's weights.
 
 The activation to fuse is the layer's `activation` (`zoo.layers.gelu.exact_gelu` for torch's
 nn.GELU): keep its erf form, which both oneDNN's pattern and TFLite's GELU op recognise.
+Grouped convolutions (`groups > 1`, RegNet, ResNeXt) take a second fast path. Keras' TensorFlow
+backend wraps every grouped convolution in its own `tf.function(jit_compile=True)`, because
+TensorFlow's CPU kernels once had none; with oneDNN (TensorFlow's default CPU backend on x86
+Linux) the native Conv2D runs groups forward and backward, 1.5-9x faster than that XLA island at
+RegNet's shapes (docs/performance.md). Without oneDNN, Grappler's fused Conv2D+BiasAdd kernel
+still rejects groups ("Fused conv implementation does not support grouped convolutions"), so
+the layer then keeps Keras' route.
 """
+import functools
+
 import keras
 import tensorflow as tf
 
@@ -50,12 +59,32 @@ class Dense(keras.layers.Dense):
         return _rows_matmul(inputs, self.kernel, self.bias, self.activation)
 
 
+@functools.cache
+def onednn_enabled() -> bool:
+    """Whether this TensorFlow runs its CPU kernels through oneDNN (build and
+    TF_ENABLE_ONEDNN_OPTS): only then does every Conv2D fusion Grappler makes accept groups."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:  # a TensorFlow without the probe: keep Keras' route
+        return False
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
 @keras.saving.register_keras_serializable(package="zoo")
 class Conv2D(keras.layers.Conv2D):
     """keras.layers.Conv2D (same variables, config and result); with a 1x1 kernel, stride 1,
     channels-last it is computed as a matmul on the (B*H*W, C) view, which a 1x1 convolution is,
-    and oneDNN then fuses its bias and activation (torch's conv_mlp 1x1 Conv2d). Any other
-    convolution takes Keras' own call."""
+    and oneDNN then fuses its bias and activation (torch's conv_mlp 1x1 Conv2d). A grouped
+    convolution runs TensorFlow's native kernel instead of Keras' XLA island when oneDNN is on.
+    Any other convolution takes Keras' own call."""
+
+    def convolution_op(self, inputs, kernel):
+        if (self.groups == 1 or self.data_format != "channels_last" or not _plain(self)
+                or not onednn_enabled()):
+            return super().convolution_op(inputs, kernel)
+        return tf.nn.convolution(inputs, kernel, strides=self.strides,
+                                 padding=self.padding.upper(), dilations=self.dilation_rate,
+                                 data_format="NHWC")
 
     def _as_matmul(self):
         return (tuple(self.kernel_size) == (1, 1) and tuple(self.strides) == (1, 1)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import keras
 
+from zoo.layers import dense
 from zoo.layers.adaptive_pooling import AdaptiveAvgPool2D
 from zoo.layers.feature_stage import FeatureStage
 from zoo.layers.std_conv import StdConv2D
@@ -99,7 +100,9 @@ def conv2d(x, filters, kernel, stride=1, groups=1, use_bias=False, padding=None,
                 use_bias=use_bias, activation=activation, name=name)
     if cfg.weight_std_eps is not None:
         return StdConv2D(filters, kernel, eps=cfg.weight_std_eps, **args)(x)
-    return keras.layers.Conv2D(filters, kernel, **args)(x)
+    # zoo's Conv2D runs a grouped convolution on TensorFlow's native kernel, not Keras' XLA
+    # island (zoo/layers/dense.py); the others keep Keras' class, as measured.
+    return (dense.Conv2D if groups > 1 else keras.layers.Conv2D)(filters, kernel, **args)(x)
 
 
 def depthwise(x, kernel, stride=1, name=None, cfg=TORCH, padding=None, use_bias=False,
