@@ -1,5 +1,5 @@
-"""zoo's fast drop-ins for Keras layers (zoo/layers/dense.py, zoo/layers/layer_norm.py): the
-same function as torch's nn.Linear / 1x1 nn.Conv2d (+ nn.GELU) / nn.LayerNorm, the same
+"""zoo's fast drop-ins for Keras layers (zoo/layers/dense.py, layer_norm.py, batch_norm.py): the
+same function as torch's nn.Linear / nn.Conv2d (+ nn.GELU) / nn.LayerNorm / nn.BatchNorm2d, the same
 .weights.h5 layout as the Keras layers they replace (a file from a model built with plain Keras
 layers -- as every zoo model was before them -- loads into the fast model and back), and
 TFLite builtins only."""
@@ -18,9 +18,10 @@ from torch import nn
 import zoo
 from helpers import rel, run_python
 from zoo.layers import dense
+from zoo.layers.batch_norm import BatchNormalization
 from zoo.layers.gelu import exact_gelu
 from zoo.layers.layer_norm import LayerNormalization
-from zoo.models import blocks_transformer, convnext
+from zoo.models import blocks, blocks_transformer, convnext
 
 RNG = np.random.default_rng(5)
 
@@ -160,10 +161,89 @@ def test_layer_normalization_is_torch_layer_norm(shape):
     assert rel(keras.ops.convert_to_numpy(layer(x)), ref) < 1e-6
 
 
+def _bn_pair(channels=24, seed=4):
+    """torch's BatchNorm2d with trained-scale statistics and affine, and zoo's holding them."""
+    torch.manual_seed(seed)
+    bn = nn.BatchNorm2d(channels, eps=1e-3).eval()
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    layer = BatchNormalization(epsilon=1e-3)
+    layer.build((None, None, None, channels))
+    layer.set_weights([t.detach().numpy() for t in (bn.weight, bn.bias, bn.running_mean,
+                                                    bn.running_var)])
+    return bn, layer
+
+
+def test_batch_norm_after_conv_is_torch_forward_and_backward():
+    """Conv2D -> zoo's BatchNormalization -> ReLU (the pattern Grappler fuses into one oneDNN
+    convolution) in a graph: torch's eval-mode output, and its gradients for the input and the
+    convolution's kernel (fine-tuning with frozen statistics)."""
+    import tensorflow as tf
+
+    bn, layer = _bn_pair()
+    torch.manual_seed(5)
+    conv = nn.Conv2d(16, 24, 3, padding=1, bias=False)
+    keras_conv = keras.layers.Conv2D(24, 3, padding="same", use_bias=False)
+    keras_conv.build((None, None, None, 16))
+    keras_conv.set_weights([conv.weight.detach().numpy().transpose(2, 3, 1, 0)])
+    x = _rand(2, 11, 9, 16)
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
+    ref = torch.relu(bn(conv(xt)))
+    (ref ** 2).sum().backward()
+
+    @tf.function
+    def forward_backward(a):
+        with tf.GradientTape() as tape:
+            tape.watch(a)
+            y = tf.nn.relu(layer(keras_conv(a), training=False))
+            loss = tf.reduce_sum(y ** 2)
+        return y, tape.gradient(loss, [a, keras_conv.kernel])
+
+    y, (gx, gk) = forward_backward(tf.constant(x))
+    assert rel(y, ref.detach().numpy().transpose(0, 2, 3, 1)) < 1e-6
+    assert rel(gx, xt.grad.numpy().transpose(0, 2, 3, 1)) < 1e-5
+    assert rel(gk, conv.weight.grad.numpy().transpose(2, 3, 1, 0)) < 1e-5
+
+
+def test_batch_norm_trains_with_batch_statistics_like_keras():
+    """training=True is Keras' own call: batch statistics, moving averages updated."""
+    _, layer = _bn_pair()
+    plain = keras.layers.BatchNormalization(epsilon=1e-3)
+    plain.build((None, None, None, 24))
+    plain.set_weights(layer.get_weights())
+    x = 2 * _rand(4, 5, 5, 24) + 1
+    np.testing.assert_allclose(layer(x, training=True), plain(x, training=True), atol=1e-6)
+    np.testing.assert_allclose(layer.moving_mean.numpy(), plain.moving_mean.numpy(), atol=1e-7)
+    assert not np.allclose(layer.moving_mean.numpy(), _bn_pair()[1].moving_mean.numpy())
+
+
+def test_builders_take_the_fused_batch_norm_right_after_a_bias_free_conv2d():
+    """Alone (after a depthwise convolution, a biased one, a concatenation) FusedBatchNorm is
+    slower than Keras' ops: the builders use it only where Grappler fuses it."""
+    img = keras.Input((8, 8, 16))
+    after = {
+        "conv": blocks.conv2d(img, 16, 3),
+        "grouped conv": blocks.conv2d(img, 16, 3, groups=4),
+        "depthwise": blocks.depthwise(img, 3),
+        "biased conv": blocks.conv2d(img, 16, 3, use_bias=True),
+        "concat": keras.layers.Concatenate()([img, img]),
+    }
+    kinds = {k: type(blocks.norm(x, f"bn_{i}")._keras_history[0])
+             for i, (k, x) in enumerate(after.items())}
+    assert kinds == {"conv": BatchNormalization, "grouped conv": BatchNormalization,
+                     "depthwise": keras.layers.BatchNormalization,
+                     "biased conv": keras.layers.BatchNormalization,
+                     "concat": keras.layers.BatchNormalization}
+
+
 def _plain_keras(monkeypatch):
     """Make the builders use Keras' own Dense / Conv2D / LayerNormalization."""
     monkeypatch.setattr(dense, "Dense", keras.layers.Dense)
     monkeypatch.setattr(dense, "Conv2D", keras.layers.Conv2D)
+    monkeypatch.setattr(blocks, "BatchNormalization", keras.layers.BatchNormalization)
     for module in (blocks_transformer, convnext):
         monkeypatch.setattr(module, "LayerNormalization", keras.layers.LayerNormalization)
 
@@ -173,20 +253,23 @@ def _plain_keras(monkeypatch):
     # the other families with the fast layers, at the sizes their windows and grids take
     ("timm/swin_tiny_patch4_window7_224", 224), ("torchvision/swin_v2_t", 256),
     ("torchvision/maxvit_t", 224), ("timm/levit_128s", 224),
-    ("timm/regnety_004", 64)])   # grouped convolutions
+    ("timm/regnety_004", 64),    # grouped convolutions, BatchNorms after them
+    ("timm/efficientnet_b0", 64)])   # BatchNorms after 1x1 and after depthwise convolutions
 def test_weights_file_layout_is_plain_keras(name, size, tmp_path, monkeypatch):
     """Keras addresses a layer in .weights.h5 by its class's snake_case name and index: had the
     fast layers other class names, every weights file written by a model of plain Keras layers
     (every conversion before them) would fail to load. Both directions, same outputs."""
     fast = zoo.create_model(name, input_shape=(size, size, 3))
     fast_types = {type(layer) for layer in fast.layers}
-    assert fast_types & {dense.Dense, dense.Conv2D}
-    # LeViT's and RegNet's norms are BatchNorms
-    assert LayerNormalization in fast_types or name in ("timm/levit_128s", "timm/regnety_004")
+    assert fast_types & {dense.Dense, dense.Conv2D, BatchNormalization}
+    # LeViT's, RegNet's and EfficientNet's norms are BatchNorms
+    assert LayerNormalization in fast_types or name in ("timm/levit_128s", "timm/regnety_004",
+                                                        "timm/efficientnet_b0")
     with monkeypatch.context() as patch:
         _plain_keras(patch)
         plain = zoo.create_model(name, input_shape=(size, size, 3))
-    assert not {type(layer) for layer in plain.layers} & {dense.Dense, dense.Conv2D}
+    assert not {type(layer) for layer in plain.layers} & {dense.Dense, dense.Conv2D,
+                                                          BatchNormalization}
     x = _rand(2, size, size, 3)
     for source, target in ((fast, plain), (plain, fast)):
         source.set_weights([w + 0.01 * RNG.standard_normal(w.shape).astype(w.dtype)

@@ -21,6 +21,7 @@ import keras
 
 from zoo.layers import dense
 from zoo.layers.adaptive_pooling import AdaptiveAvgPool2D
+from zoo.layers.batch_norm import BatchNormalization
 from zoo.layers.feature_stage import FeatureStage
 from zoo.layers.std_conv import StdConv2D
 
@@ -119,8 +120,13 @@ def norm(x, name, cfg=TORCH):
     if cfg.norm == "group":
         return keras.layers.GroupNormalization(groups=cfg.gn_groups, axis=-1, epsilon=cfg.bn_eps,
                                                name=name)(x)
-    return keras.layers.BatchNormalization(epsilon=cfg.bn_eps, momentum=1.0 - cfg.bn_momentum,
-                                           name=name)(x)
+    # Right after a bias-free Conv2D, a BatchNormalization TensorFlow folds into the
+    # convolution's kernel call; elsewhere that op runs alone and Keras' is faster
+    # (zoo/layers/batch_norm.py)
+    producer = getattr(x, "_keras_history", (None,))[0]
+    after_conv = isinstance(producer, keras.layers.Conv2D) and not producer.use_bias
+    cls = BatchNormalization if after_conv else keras.layers.BatchNormalization
+    return cls(epsilon=cfg.bn_eps, momentum=1.0 - cfg.bn_momentum, name=name)(x)
 
 
 def activation(x, kind, name):
