@@ -26,33 +26,61 @@ def _unordered(ref: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.concatenate([r, to_ref], 1), np.concatenate([to_out, o], 1)
 
 
-def compare(ref: np.ndarray, out: np.ndarray, topk: bool = False, unordered: bool = False) -> dict:
-    """max abs, max rel (max|d| / max|ref|), mean abs, min per-sample cosine, top-1/top-5
-    agreement; unordered: each sample's rows compared as a set (`_unordered`)."""
-    ref = np.asarray(ref, np.float64)
-    out = np.asarray(out, np.float64)
-    if ref.shape != out.shape:
-        return {"error": f"shape {out.shape} != reference {ref.shape}", "max_rel": float("inf")}
+def _sample_stats(ref: np.ndarray, out: np.ndarray, topk: bool, unordered: bool) -> dict:
+    """compare's sums and extremes over one sample (a batch of one)."""
+    ref, out = np.asarray(ref, np.float64), np.asarray(out, np.float64)
     if unordered and ref.ndim >= 2:
         ref, out = _unordered(ref, out)
-    finite = bool(np.isfinite(out).all())
     d = np.abs(ref - out)
-    r = ref.reshape(len(ref), -1)
-    o = out.reshape(len(out), -1)
-    cos = np.sum(r * o, 1) / np.maximum(np.linalg.norm(r, axis=1) * np.linalg.norm(o, axis=1), 1e-30)
-    m = {"max_abs": float(d.max()), "max_rel": float(d.max() / max(np.abs(ref).max(), 1e-30)),
-         "mean_abs": float(d.mean()), "cosine": float(cos.min()), "finite": finite}
-    if not finite:
-        m["max_rel"] = float("inf")
+    r, o = ref.ravel(), out.ravel()
+    stats = {"max_abs": float(d.max()), "ref_max": float(np.abs(ref).max()),
+             "sum_abs": float(d.sum()), "size": d.size, "finite": bool(np.isfinite(out).all()),
+             "cosine": float(r @ o / max(np.linalg.norm(r) * np.linalg.norm(o), 1e-30))}
     if topk and ref.ndim >= 2:
         # classes on the last axis: one row per sample, or per pixel of a dense map (NHWC
         # segmentation logits), where top-1 agreement is the fraction of pixels whose class agrees
         ref, out = ref.reshape(-1, ref.shape[-1]), out.reshape(-1, out.shape[-1])
         k = min(5, ref.shape[1])
-        m["top1"] = float(np.mean(ref.argmax(1) == out.argmax(1)))
         tr, to = np.argsort(-ref, 1)[:, :k], np.argsort(-out, 1)[:, :k]
-        m["top5"] = float(np.mean((tr[:, :, None] == to[:, None, :]).any(2).sum(1) / k))
+        stats.update(rows=len(ref), top1=int(np.sum(ref.argmax(1) == out.argmax(1))),
+                     top5=float(np.sum((tr[:, :, None] == to[:, None, :]).any(2).sum(1) / k)))
+    return stats
+
+
+def _sample_rows(ref: np.ndarray, out: np.ndarray, topk: bool, unordered: bool) -> list[dict]:
+    return [_sample_stats(ref[i:i + 1], out[i:i + 1], topk, unordered) for i in range(len(ref))]
+
+
+def _finish(samples: list[dict]) -> dict:
+    """The metrics of a batch from its samples' sums and extremes."""
+    max_abs = max(s["max_abs"] for s in samples)
+    finite = all(s["finite"] for s in samples)
+    m = {"max_abs": max_abs,
+         "max_rel": max_abs / max(max(s["ref_max"] for s in samples), 1e-30),
+         "mean_abs": sum(s["sum_abs"] for s in samples) / sum(s["size"] for s in samples),
+         "cosine": min(s["cosine"] for s in samples), "finite": finite}
+    if not finite:
+        m["max_rel"] = float("inf")
+    if "rows" in samples[0]:
+        rows = sum(s["rows"] for s in samples)
+        m["top1"] = sum(s["top1"] for s in samples) / rows
+        m["top5"] = sum(s["top5"] for s in samples) / rows
     return m
+
+
+def _shape_error(ref, out) -> dict | None:
+    if ref.shape != out.shape:
+        return {"error": f"shape {out.shape} != reference {ref.shape}", "max_rel": float("inf")}
+    return None
+
+
+def compare(ref: np.ndarray, out: np.ndarray, topk: bool = False, unordered: bool = False) -> dict:
+    """max abs, max rel (max|d| / max|ref|), mean abs, min per-sample cosine, top-1/top-5
+    agreement; unordered: each sample's rows compared as a set (`_unordered`). Computed one
+    sample at a time: the float64 copies and temporaries of a whole dense batch (4 x 520 x 520 x
+    21 logits and their argsort) were a conversion's peak memory."""
+    ref, out = np.asarray(ref), np.asarray(out)
+    return _shape_error(ref, out) or _finish(_sample_rows(ref, out, topk, unordered))
 
 
 def compare_outputs(ref: dict, out: dict, tolerance: float, specs=DEFAULT_OUTPUTS) -> dict:
@@ -60,24 +88,48 @@ def compare_outputs(ref: dict, out: dict, tolerance: float, specs=DEFAULT_OUTPUT
 
     Each output is compared by name with its own tolerance (the spec's, else `tolerance`) and,
     for a classification output, top-1/top-5 agreement; features use `tolerance`."""
+    return compare_outputs_in_parts([(ref, out)], tolerance, specs)
+
+
+def compare_outputs_in_parts(parts, tolerance: float, specs=DEFAULT_OUTPUTS) -> dict:
+    """`compare_outputs` of a batch given as (ref, out) parts of some samples each, e.g. produced
+    one sample at a time by an iterator: no part needs to outlive its turn (a float64 reference
+    of a 520 px segmentation batch with its features is 1 GB)."""
+    samples: dict = {}    # (group, name) -> [sample stats], or the error that ended it
+
+    def add(key, ref, out, topk=False, unordered=False):
+        if isinstance(samples.get(key), dict):
+            return
+        ref, out = np.asarray(ref), np.asarray(out)
+        error = _shape_error(ref, out)
+        if error:
+            samples[key] = error
+        else:
+            samples.setdefault(key, []).extend(_sample_rows(ref, out, topk, unordered))
+
+    for ref, out in parts:
+        for spec in specs:
+            if spec.name not in out["outputs"]:
+                samples[("outputs", spec.name)] = {
+                    "error": f"no output named {spec.name!r} (got {sorted(out['outputs'])})",
+                    "max_rel": float("inf")}
+                continue
+            add(("outputs", spec.name), ref["outputs"][spec.name], out["outputs"][spec.name],
+                spec.metric == "classification", spec.metric == "unordered")
+        for name, arr in (out.get("features") or {}).items():
+            add(("features", name), ref["features"][name], arr)
     result = {"outputs": {}, "features": {}}
     bounds = []
-    for spec in specs:
-        tol = spec.tolerance or tolerance
-        if spec.name not in out["outputs"]:
-            m = {"error": f"no output named {spec.name!r} (got {sorted(out['outputs'])})",
-                 "max_rel": float("inf")}
-        else:
-            m = compare(ref["outputs"][spec.name], out["outputs"][spec.name],
-                        topk=spec.metric == "classification", unordered=spec.metric == "unordered")
-        m["tolerance"] = tol
-        result["outputs"][spec.name] = m
+    for (group, name), got in samples.items():
+        m = got if isinstance(got, dict) else _finish(got)
+        tol = tolerance
+        if group == "outputs":
+            tol = next(s.tolerance for s in specs if s.name == name) or tolerance
+            m["tolerance"] = tol
+        result[group][name] = m
         bounds.append(m["max_rel"] / tol)
-    for name, arr in (out.get("features") or {}).items():
-        result["features"][name] = m = compare(ref["features"][name], arr)
-        bounds.append(m["max_rel"] / tolerance)
-    result["max_rel"] = max([m["max_rel"] for m in result["outputs"].values()] +
-                            [m["max_rel"] for m in result["features"].values()])
+    result["max_rel"] = max(m["max_rel"] for group in ("outputs", "features")
+                            for m in result[group].values())
     # NaN/inf outputs fail whatever the tolerance (NaN <= tol is False, but inf <= inf is not)
     worst = max(bounds)
     result["passed"] = bool(np.isfinite(worst) and worst <= 1.0)
@@ -141,16 +193,46 @@ def feed(model, inputs: dict):
     return next(iter(inputs.values()))
 
 
+def by_sample(run, inputs) -> dict:
+    """`run` on each sample of `inputs` ({name: array} or one array, batch first), its
+    {"outputs": {...}, "features": {...}} results concatenated: what one batched call gives for
+    a model whose samples do not interact (any model in inference), with the activations of one
+    sample in memory instead of the batch's (the validation batch of a 520 px segmentation net
+    was a conversion's peak memory). ValueError when a result is not one row per sample."""
+    first = next(iter(inputs.values())) if isinstance(inputs, dict) else inputs
+    n, merged = len(first), None
+    for i in range(n):
+        part = run({k: v[i:i + 1] for k, v in inputs.items()} if isinstance(inputs, dict)
+                   else inputs[i:i + 1])
+        if merged is None:   # the batch's arrays, filled row by row: no second copy at the end
+            merged = {group: {key: np.empty((n, *np.shape(a)[1:]), np.asarray(a).dtype)
+                              for key, a in part[group].items() if np.ndim(a)}
+                      for group in ("outputs", "features")}
+        for group, arrays in merged.items():
+            for key, a in part[group].items():
+                if key not in arrays or np.shape(a) != (1, *arrays[key].shape[1:]):
+                    raise ValueError(f"{group} {key!r} is not one row per sample")
+                arrays[key][i] = a[0]
+    return merged
+
+
 def keras_outputs(model, inputs: dict, feature_layers: list[str], specs=DEFAULT_OUTPUTS) -> dict:
-    """The named outputs and the named layers' outputs of a Keras model, in one forward pass."""
+    """The named outputs and the named layers' outputs of a Keras model, one sample at a time
+    (`by_sample`), or in one batch when an output is not one row per sample."""
     import keras
 
     probe = keras.Model(model.input, {"outputs": named_outputs(model, specs),
                                       "features": {n: model.get_layer(n).output
                                                    for n in feature_layers}})
-    res = probe.predict_on_batch(feed(model, inputs))
-    return {"outputs": {k: np.asarray(v) for k, v in res["outputs"].items()},
-            "features": {k: np.asarray(v) for k, v in res["features"].items()}}
+
+    def run(batch):
+        res = probe.predict_on_batch(feed(model, batch))
+        return {"outputs": {k: np.asarray(v) for k, v in res["outputs"].items()},
+                "features": {k: np.asarray(v) for k, v in res["features"].items()}}
+    try:
+        return by_sample(run, inputs)
+    except ValueError:
+        return run(inputs)
 
 
 def _match_inputs(path, names, inputs: dict) -> dict:
