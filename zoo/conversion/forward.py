@@ -98,4 +98,3 @@ def torch_outputs(module, inputs, feature_modules: dict[str, str], in_specs=None
     layout = layout or feature_layout(in_specs)
     return {"outputs": select(result, out_specs),
             "features": {k: to_keras(v.numpy(), layout) for k, v in captured.items()}}
-
