@@ -6,12 +6,13 @@ bad arguments are one line and exit code 2. No timing thresholds: speed is the b
 report, not a test's to assert."""
 import json
 import os
+import subprocess
 
 import pytest
 import torch
 import torchvision
 
-from helpers import SMALL, run_script
+from helpers import ROOT, SMALL, run_script
 from zoo.constants import STAGES
 
 MODEL = "torchvision/squeezenet1_1*"
@@ -44,6 +45,18 @@ def test_results_record_the_run(bench):
     n = sum(p.numel() for p in torchvision.models.squeezenet1_1().parameters())
     assert r["params"] == {"torch": n, "keras": n}
     assert r["param_bytes"]["torch"] >= 4 * n
+    assert r["source"] == _head(), "each model records the zoo commit it was measured on"
+
+
+def _head():
+    """This checkout's commit, asked of git here (None outside a git checkout)."""
+    proc = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        return None
+    changed = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "zoo", "recipes"],
+                             capture_output=True, text=True).stdout.strip()
+    return proc.stdout.strip() + ("+changes" if changed else "")
 
 
 def test_latencies_and_ratios(bench):
@@ -127,7 +140,9 @@ def test_resume_keeps_what_was_measured_and_measures_the_rest(bench, tmp_path):
     out, results = bench
     (name, r), = results["models"].items()
     kept_name = "torchvision/squeezenet1_0.IMAGENET1K_V1"   # a stand-in: it must not be re-run
-    earlier = {**results, "models": {kept_name: {**r, "measured_at": "2026-01-01T00:00:00+00:00"},
+    stand_in = {k: v for k, v in r.items() if k != "source"}   # as measured before it was kept
+    earlier = {**results, "models": {kept_name: {**stand_in,
+                                                 "measured_at": "2026-01-01T00:00:00+00:00"},
                                      name: {"name": name, "status": "failed", "error": "killed"}}}
     (tmp_path / "results.json").write_text(json.dumps(earlier))
     args = ["--only", MODEL, "torchvision/squeezenet1_0*", "--input-size", SMALL, "--calls", 3,
@@ -140,6 +155,9 @@ def test_resume_keeps_what_was_measured_and_measures_the_rest(bench, tmp_path):
     assert now["models"][name]["status"] == "passed" and now["models"][name]["measured_at"]
     md = (tmp_path / "BENCHMARK.md").read_text()
     assert "last model measured" in md and f"`{kept_name}`" in md
+    # the kept model predates source recording: the report says the run spans two
+    assert f"**Measured on several zoo commits** (a resumed run): not recorded: 1 model(s); " \
+        f"{_head()}: 1 model(s)" in md
 
     proc = run_script("benchmark.py", *[a if a != 3 else 5 for a in args], "--resume")
     assert proc.returncode == 2, proc.stderr[-3000:]

@@ -188,7 +188,19 @@ def header(results: dict) -> str:
             f"load average (1/5/15 min) {m.get('load_average_before')} before, "
             f"{m.get('load_average_after')} after."
             f"\nVersions: " + ", ".join(f"{k} {v[k]}" for k in sorted(v) if v[k]) + ".\n"
-            + _busy_warning(m) + _busy_models(results["models"]))
+            + _sources(results["models"]) + _busy_warning(m) + _busy_models(results["models"]))
+
+
+def _sources(models: dict) -> str:
+    """Which zoo commit each model was measured on, when a resumed run spans several."""
+    by = {}
+    for name, r in sorted(models.items()):
+        by.setdefault(r.get("source") or "not recorded", []).append(name)
+    if len(by) < 2:
+        return f"zoo source: {next(iter(by), 'not recorded')}.\n" if by else ""
+    return ("\n**Measured on several zoo commits** (a resumed run): " + "; ".join(
+        f"{src}: {len(names)} model(s)" for src, names in by.items())
+        + ". results.json records each model's `source`.\n")
 
 
 def _busy_warning(m: dict) -> str:
@@ -358,7 +370,7 @@ def main(argv=None):
     from tqdm import tqdm
 
     from zoo.batch import BatchError, select
-    from zoo.versions import library_versions
+    from zoo.versions import library_versions, source_revision
     try:
         names = select(args.only, args.exclude)
     except BatchError as e:
@@ -387,6 +399,8 @@ def main(argv=None):
         print(f"--resume: {len(kept)} model(s) already measured, {len(names)} to measure",
               file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
+    # a resumed run can span commits of one zoo version: each model records its code's
+    revision = source_revision()
     bar = tqdm(names, desc="benchmark", unit="model")
     with tempfile.TemporaryDirectory(prefix="zoo-bench-") as tmp:
         for name in bar:
@@ -395,7 +409,7 @@ def main(argv=None):
             r = run_one(name, settings, Path(tmp), args.timeout,
                         lambda s, name=name: bar.set_postfix_str(f"{name} [{s}]"))
             # when, and how busy the machine was with other work (a resumed run spans runs)
-            r.update(measured_at=_now(), other_cpu_share=other_cpu_share(
+            r.update(measured_at=_now(), source=revision, other_cpu_share=other_cpu_share(
                 cpu0, _cpu_seconds(), time.perf_counter() - t0, results["machine"]["cores"]))
             results["models"][name] = r
             results["machine"]["load_average_after"] = _load()
