@@ -43,14 +43,19 @@ def test_compare_one_sample_at_a_time_is_the_batch_formula(shape, topk):
 
 def test_keras_outputs_one_sample_at_a_time_are_the_batch_pass():
     model = zoo.create_model("timm/resnet18", input_shape=(SMALL, SMALL, 3))
-    model.set_weights([w * (1 + 0.1 * RNG.standard_normal(w.shape)).astype(w.dtype) + 0.01
-                       for w in model.get_weights()])
-    x = RNG.standard_normal((3, SMALL, SMALL, 3)).astype(np.float32)
+    rng = np.random.default_rng(9)
+    for v in model.weights:   # perturbed, at a trained model's scale (BN variances positive)
+        w = v.numpy()
+        v.assign(rng.uniform(0.5, 1.5, w.shape) if "variance" in v.path else
+                 w + 0.02 * rng.standard_normal(w.shape))
+    x = rng.standard_normal((3, SMALL, SMALL, 3)).astype(np.float32)
     got = keras_outputs(model, x, ["stage2"])
     batch = keras.Model(model.input, [model.output, model.get_layer("stage2").output])(x)
     assert got["outputs"]["logits"].shape == batch[0].shape
-    assert rel(got["outputs"]["logits"], batch[0]) < 1e-6
-    assert rel(got["features"]["stage2"], batch[1]) < 1e-6
+    assert 1e-2 < np.abs(batch[0]).max() < 1e4    # a trained model's scale, not an overflow
+    # float32 rounding: oneDNN picks other kernels for one image than for three
+    assert rel(got["outputs"]["logits"], batch[0]) < 1e-5
+    assert rel(got["features"]["stage2"], batch[1]) < 1e-5
 
 
 def test_float64_error_one_sample_at_a_time_is_the_batch_comparison():
