@@ -17,7 +17,7 @@ nn.GELU): keep its erf form, which both oneDNN's pattern and TFLite's GELU op re
 Grouped convolutions (`groups > 1`, RegNet, ResNeXt) take a second fast path. Keras' TensorFlow
 backend wraps every grouped convolution in its own `tf.function(jit_compile=True)`, because
 TensorFlow's CPU kernels once had none; with oneDNN (TensorFlow's default CPU backend on x86
-Linux) the native Conv2D runs groups forward and backward, 1.5-9x faster than that XLA island at
+Linux) the native Conv2D runs groups forward and backward, 1.1-9x faster than that XLA island at
 RegNet's shapes (docs/performance.md). Without oneDNN, Grappler's fused Conv2D+BiasAdd kernel
 still rejects groups ("Fused conv implementation does not support grouped convolutions"), so
 the layer then keeps Keras' route.
