@@ -123,7 +123,7 @@ def norm(x, name, cfg=TORCH):
     # Right after a bias-free Conv2D, a BatchNormalization TensorFlow folds into the
     # convolution's kernel call; elsewhere that op runs alone and Keras' is faster
     # (zoo/layers/batch_norm.py)
-    producer = getattr(x, "_keras_history", (None,))[0]
+    producer = x._keras_history.operation if hasattr(x, "_keras_history") else None
     after_conv = isinstance(producer, keras.layers.Conv2D) and not producer.use_bias
     cls = BatchNormalization if after_conv else keras.layers.BatchNormalization
     return cls(epsilon=cfg.bn_eps, momentum=1.0 - cfg.bn_momentum, name=name)(x)
