@@ -193,6 +193,14 @@ def feed(model, inputs: dict):
     return next(iter(inputs.values()))
 
 
+def sample(data, i: int):
+    """Sample `i` of `data` as a batch of one: an array, or {name: array or nested dict} with
+    each array sliced (inputs by name, or {"outputs": {...}, "features": {...}} results)."""
+    if isinstance(data, dict):
+        return {k: sample(v, i) for k, v in data.items()}
+    return data[i:i + 1]
+
+
 def by_sample(run, inputs) -> dict:
     """`run` on each sample of `inputs` ({name: array} or one array, batch first), its
     {"outputs": {...}, "features": {...}} results concatenated: what one batched call gives for
@@ -202,8 +210,7 @@ def by_sample(run, inputs) -> dict:
     first = next(iter(inputs.values())) if isinstance(inputs, dict) else inputs
     n, merged = len(first), None
     for i in range(n):
-        part = run({k: v[i:i + 1] for k, v in inputs.items()} if isinstance(inputs, dict)
-                   else inputs[i:i + 1])
+        part = run(sample(inputs, i))
         if merged is None:   # the batch's arrays, filled row by row: no second copy at the end
             merged = {group: {key: np.empty((n, *np.shape(a)[1:]), np.asarray(a).dtype)
                               for key, a in part[group].items() if np.ndim(a)}

@@ -32,6 +32,7 @@ from zoo.validate import (
     feed,
     keras_outputs,
     named_outputs,
+    sample,
     save_golden,
     validate_files,
 )
@@ -81,18 +82,14 @@ def float32_error(module, inputs, feature_modules, ref32, tolerance, in_specs, o
     inputs, in_specs = as_inputs(inputs, in_specs)
     n = len(next(iter(inputs.values())))
 
-    def rows(result, i):
-        return {group: {k: v[i:i + 1] for k, v in result[group].items()}
-                for group in ("outputs", "features")}
-
     def per_sample(module64):
         for i in range(n):
-            ref64 = torch_outputs(module64, {k: v[i:i + 1] for k, v in inputs.items()},
+            ref64 = torch_outputs(module64, sample(inputs, i),
                                   feature_modules, in_specs, out_specs, np.float64, layout)
             if any(np.ndim(v) == 0 or len(v) != 1 for group in ref64.values()
                    for v in group.values()):
                 raise _WholeBatch
-            yield ref64, rows(ref32, i)
+            yield ref64, sample(ref32, i)
 
     try:
         module64 = copy.deepcopy(module).double()
