@@ -110,29 +110,6 @@ def test_render_rewrites_the_report_from_results(bench, tmp_path):
     assert proc.returncode == 2 and "no " in proc.stderr and "results.json" in proc.stderr
 
 
-def test_targets_name_each_models_fastest_path():
-    """The targets section picks the smallest ratio among the measured Keras paths (a path that
-    was not measured holds a why-not string), says whether every batch size is at most 1.0, and
-    gives the median of the batch-8 best ratios (here of 0.7 and 0.9)."""
-    from zoo.cli.benchmark import target_table
-
-    def model(b1, b8):
-        return {"status": "passed", "latency": {"1": b1, "8": b8}}
-
-    models = {
-        "a": model({"tf_function": {"ratio": 1.2}, "tflite": {"ratio": 0.6}, "xla": "skipped"},
-                   {"tf_function": {"ratio": 0.9}, "tflite": {"ratio": 0.7}}),
-        "b": model({"tf_function": {"ratio": 1.1}}, {"tf_function": {"ratio": 0.9}}),
-        "c": {"status": "failed"},
-    }
-    table = target_table(models, [1, 8])
-    assert "| `a` | 0.60 (TFLite) | 0.70 (TFLite) | yes |" in table
-    assert "| `b` | 1.10 (tf.function) | 0.90 (tf.function) | **no** |" in table
-    assert "`c`" not in table
-    assert "1 of 2 models meet it at every batch size" in table
-    assert "Median of the best ratios at batch 8: 0.80" in table
-
-
 def test_resume_keeps_what_was_measured_and_measures_the_rest(bench, tmp_path):
     """--resume after a stopped or partly failed run: a model measured with the same settings and
     versions is kept as it was, a failed one is measured again; results.json from other settings
@@ -172,7 +149,8 @@ def test_other_processes_cpu_share_is_measured_and_named():
     import sys
     import time
 
-    from zoo.cli.benchmark import BUSY_SHARE, _busy_models, _cpu_seconds, other_cpu_share
+    from zoo.cli.benchmark import _cpu_seconds, other_cpu_share
+    from zoo.cli.benchmark_report import BUSY_SHARE, _busy_models
 
     assert other_cpu_share((100.0, 10.0), (130.0, 25.0), 10.0, 2) == 0.75
     assert other_cpu_share((100.0, 10.0), (101.0, 12.0), 10.0, 2) == 0.0   # never negative

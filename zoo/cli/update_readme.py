@@ -1,9 +1,12 @@
 """Rewrite the README's generated sections: the catalogue table from the catalogue and the last
-convert_all.py run (OUT/index.json), and "What we test against" from the last test run
-(outputs/robustness.json, written by tests/robustness.py):
-python scripts/update_readme.py [--out outputs] [--readme README.md]"""
+convert_all.py run (OUT/index.json), "What we test against" from the last test run
+(outputs/robustness.json, written by tests/robustness.py), and the benchmark's latest run from
+BENCH/results.json:
+python scripts/update_readme.py [--out outputs] [--benchmark benchmarks/catalogue]
+                                [--sections catalogue robustness benchmark] [--readme README.md]"""
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -14,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]   # the checkout (zoo/cli/ -> zoo/ ->
 START, END = "<!-- catalogue:start -->", "<!-- catalogue:end -->"
 ROBUST_START, ROBUST_END = "<!-- robustness:start -->", "<!-- robustness:end -->"
 ROBUSTNESS = ROOT / "outputs" / "robustness.json"
+BENCH_START, BENCH_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+SECTIONS = ("catalogue", "robustness", "benchmark")
 
 
 def table(index: dict) -> str:
@@ -81,20 +86,45 @@ def _replace(text, start, end, body):
                   text, flags=re.S)
 
 
+def benchmark(bench_dir: Path, readme: Path) -> str:
+    """The latest-run section from a benchmark's results.json, linking its BENCHMARK.md."""
+    from zoo.catalog import list_models
+    from zoo.cli.benchmark_report import readme_section
+
+    results_path = bench_dir / "results.json"
+    if not results_path.is_file():
+        raise SystemExit(f"--benchmark: no {results_path} (run scripts/benchmark.py --out "
+                         f"{bench_dir} first, or leave 'benchmark' out of --sections)")
+    link = Path(os.path.relpath(bench_dir.resolve() / "BENCHMARK.md", readme.resolve().parent))
+    return readme_section(json.loads(results_path.read_text()), link.as_posix(),
+                          len(list_models()))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="outputs")
+    p.add_argument("--benchmark", default=str(ROOT / "benchmarks" / "catalogue"),
+                   help="the benchmark run whose results.json fills the latest-run section")
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                   help="which generated sections to rewrite (default: all)")
     p.add_argument("--readme", default=str(ROOT / "README.md"), help="file to rewrite")
     args = p.parse_args(argv)
-    index_path = Path(args.out) / "index.json"
-    index = json.loads(index_path.read_text())["models"] if index_path.is_file() else {}
     readme = Path(args.readme)
-    text = _replace(readme.read_text(), START, END, table(index))
-    results = json.loads(ROBUSTNESS.read_text()) if ROBUSTNESS.is_file() else {}
-    text = _replace(text, ROBUST_START, ROBUST_END, robustness(results))
+    text, done = readme.read_text(), []
+    if "catalogue" in args.sections:
+        index_path = Path(args.out) / "index.json"
+        index = json.loads(index_path.read_text())["models"] if index_path.is_file() else {}
+        text = _replace(text, START, END, table(index))
+        done.append(f"the catalogue table from {index_path}")
+    if "robustness" in args.sections:
+        results = json.loads(ROBUSTNESS.read_text()) if ROBUSTNESS.is_file() else {}
+        text = _replace(text, ROBUST_START, ROBUST_END, robustness(results))
+        done.append(f"'What we test against' from {ROBUSTNESS}")
+    if "benchmark" in args.sections:
+        text = _replace(text, BENCH_START, BENCH_END, benchmark(Path(args.benchmark), readme))
+        done.append(f"the benchmark's latest run from {Path(args.benchmark) / 'results.json'}")
     readme.write_text(text)
-    print(f"updated the catalogue table from {index_path} and 'What we test against' from "
-          f"{ROBUSTNESS}")
+    print("updated " + ", ".join(done))
     return 0
 
 
