@@ -41,6 +41,8 @@ def test_results_record_the_run(bench):
     assert set(r["timings"]) == set(STAGES) and all(t > 0 for t in r["timings"].values())
     assert r["conversion_seconds"] >= sum(r["timings"].values()) * 0.99
     assert 0 < r["rss_baseline_mb"] <= r["rss_peak_mb"] <= r["rss_end_mb"]
+    last_stage, last_peak = r["peak_rss_mb_after_stage"][-1]
+    assert last_stage == "reload_validate" and 0 < last_peak <= r["rss_peak_mb"]
     # counted here from torchvision itself, not by the code under test
     n = sum(p.numel() for p in torchvision.models.squeezenet1_1().parameters())
     assert r["params"] == {"torch": n, "keras": n}

@@ -114,3 +114,15 @@ def test_update_readme_rewrites_only_the_sections_asked_for(tmp_path):
                       "--readme", readme)
     assert proc.returncode != 0 and "lacks the <!-- benchmark:start -->" in proc.stderr
     assert readme.read_text() == "# no markers\n"
+
+
+def test_biggest_rise_names_the_stage_that_raised_the_peak_most():
+    """Peaks after each part from a 1000 MiB baseline: load_torch +200, validate (torch side)
+    +50, build_keras +30, validate +0, export +700: export. Without the record: None."""
+    from zoo.cli.benchmark_report import biggest_rise
+
+    r = {"rss_baseline_mb": 1000.0, "peak_rss_mb_after_stage": [
+        ["load_torch", 1200.0], ["validate", 1250.0], ["build_keras", 1280.0],
+        ["validate", 1280.0], ["export", 1980.0]]}
+    assert biggest_rise(r) == ("export", 700.0)
+    assert biggest_rise({"rss_baseline_mb": 1000.0}) is None

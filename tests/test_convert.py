@@ -36,6 +36,12 @@ def test_smallest_variants_convert_export_and_reload(name, converted):
         assert (out_dir / rel).stat().st_size == meta["bytes"]
     assert set(report["timings"]) == {"load_torch", "build_keras", "map_weights", "validate",
                                       "export", "reload_validate"}
+    # the process' peak RSS after each stage part, in the order they ran (ru_maxrss only grows)
+    steps = report["peak_rss_mb_after_stage"]
+    assert [s for s, _ in steps] == ["load_torch", "validate", "build_keras", "map_weights",
+                                     "validate", "export", "reload_validate"]
+    peaks = [p for _, p in steps]
+    assert peaks == sorted(peaks) and peaks[0] > 0
     assert report["versions"]["torch"] and report["versions"]["keras"]
     config = json.loads((out_dir / "config.json").read_text())
     assert config["num_classes"] == 1000 and config["preprocessing"]["std"][0] == pytest.approx(0.229)

@@ -6,6 +6,7 @@ workers set these variables in a child's environment, or their own before import
 library, because both libraries and glibc read them once, at start-up.
 """
 import os
+import resource
 
 # glibc raises its mmap threshold after each free of a large block (up to 32 MB), so the big
 # tensors of one stage (torch's float64 copy, activations) end up on the heap and stay in the
@@ -74,3 +75,8 @@ def restore_steady_allocator() -> bool:
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _STEADY_MMAP_THRESHOLD)
                 and mallopt(_M_TRIM_THRESHOLD, 2 * _STEADY_MMAP_THRESHOLD))
+
+
+def peak_rss_mb() -> float:
+    """This process' peak resident set so far in MiB (Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -118,7 +118,21 @@ def conversion_checks(r: dict) -> dict:
     limit = TARGET_RSS_PARAMS * sum(r["param_bytes"].values()) / 2**20   # MiB, as RSS is
     return {"map_s": t["map_weights"], "build_s": t["build_keras"],
             "map_cheaper": t["map_weights"] < t["build_keras"],
-            "rss_above_mb": above, "rss_limit_mb": limit, "rss_within": above <= limit}
+            "rss_above_mb": above, "rss_limit_mb": limit, "rss_within": above <= limit,
+            "biggest_rise": biggest_rise(r)}
+
+
+def biggest_rise(r: dict) -> tuple[str, float] | None:
+    """The stage (part) that raised the worker's peak RSS most, and by how much (MiB), from the
+    peak after each part the pipeline recorded (None for results from before it did)."""
+    steps = r.get("peak_rss_mb_after_stage")
+    if not steps:
+        return None
+    prev, rises = r["rss_baseline_mb"], []
+    for stage, peak in steps:
+        rises.append((stage, peak - prev))
+        prev = peak
+    return max(rises, key=lambda x: x[1])
 
 
 def conversion_summary(models: dict, formats=None) -> str:
@@ -139,7 +153,7 @@ def conversion_summary(models: dict, formats=None) -> str:
 
 def conversion_table(models: dict, formats=None) -> str:
     head = ["model", "params (M)", *STAGES, "total s", "peak RSS MB", "above baseline MB",
-            f"limit ({TARGET_RSS_PARAMS}x params) MB"]
+            f"limit ({TARGET_RSS_PARAMS}x params) MB", "largest rise: stage MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in sorted(models.items()):
         if r.get("status") != "passed":
@@ -149,7 +163,8 @@ def conversion_table(models: dict, formats=None) -> str:
             f"`{name}`", f"{r['params']['torch'] / 1e6:.1f}",
             *(f"{t[s]:.2f}" if s in t else "-" for s in STAGES), f"{r['conversion_seconds']:.1f}",
             f"{r['rss_peak_mb']:.0f}", f"{c['rss_above_mb']:.0f}",
-            f"{c['rss_limit_mb']:.0f}" + ("" if c["rss_within"] else " **over**")]) + " |")
+            f"{c['rss_limit_mb']:.0f}" + ("" if c["rss_within"] else " **over**"),
+            "{} {:.0f}".format(*c["biggest_rise"]) if c["biggest_rise"] else "-"]) + " |")
     return "\n".join(lines) + "\n\n" + conversion_summary(models, formats)
 
 
@@ -262,7 +277,9 @@ def markdown(results: dict) -> str:
             + latency_table(models) +
             "\n## Conversion (seconds per stage of zoo's pipeline) and the worker's peak memory\n\n"
             "Peak RSS is the worker's after conversion; the baseline is with torch, TensorFlow, "
-            "Keras and zoo loaded and TensorFlow's runtime started.\n\n"
+            "Keras and zoo loaded and TensorFlow's runtime started. The largest rise is the "
+            "stage whose part raised the peak most (the first `validate` part is the torch side: "
+            "the reference and float64 passes, before the Keras model is built).\n\n"
             + conversion_table(models, results["settings"].get("formats"))
             + ("\n## Failed\n\n" + "\n".join(failed) + "\n" if failed else ""))
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from zoo.conversion.torch_first import torch  # before anything imports keras
-from zoo.conversion.worker import baseline_rss_mb, peak_rss_mb
-from zoo.worker_env import restore_steady_allocator
+from zoo.conversion.worker import baseline_rss_mb
+from zoo.worker_env import peak_rss_mb, restore_steady_allocator
 
 
 def pin_threads(n: int) -> None:
@@ -179,6 +179,7 @@ def _run(job: dict) -> dict:
                                 progress=lambda s: print(f"@@stage {s}", flush=True))
         out = {"conversion_seconds": round(time.perf_counter() - t0, 3),
                "timings": report["timings"], "rss_peak_mb": peak_rss_mb(), "input_size": size,
+               "peak_rss_mb_after_stage": report["peak_rss_mb_after_stage"],
                "exports": report["exports"], "family": variant.recipe.family}
         print("@@stage latency", flush=True)
         # the conversion ran with convert_all's allocator (its peak RSS is recorded above); the

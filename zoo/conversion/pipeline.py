@@ -37,18 +37,23 @@ from zoo.validate import (
     validate_files,
 )
 from zoo.versions import library_versions
+from zoo.worker_env import peak_rss_mb
 
 FORMAT_VERSION = 2   # 2: named inputs/outputs in config.json, golden.npz and the report
 
 
 @contextmanager
-def _stage(name, timings, progress):
-    """Time a stage (a stage run in two parts adds up; announce only the first to progress)."""
+def _stage(name, timings, progress, peaks=None):
+    """Time a stage (a stage run in two parts adds up; announce only the first to progress).
+    peaks: a list to append [stage, this process' peak RSS so far in MiB] to after each part:
+    the part whose peak rises most is what sets a conversion's memory."""
     if progress:
         progress(name)
     t0 = time.perf_counter()
     yield
     timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - t0, 3)
+    if peaks is not None:
+        peaks.append([name, peak_rss_mb()])
 
 
 @contextmanager
@@ -122,19 +127,20 @@ def prepare(name, weights="random", num_classes=None, in_chans=None, *, timings=
     return variant, tm, kwargs, model, plan
 
 
-def _load(name, weights, num_classes, in_chans, timings, progress, input_size):
+def _load(name, weights, num_classes, in_chans, timings, progress, input_size, peaks=None):
     variant, tag = get_variant(name)
     num_classes = positive_int("num_classes", num_classes)
     in_chans = positive_int("in_chans", in_chans)
-    with _stage("load_torch", timings, progress):
+    with _stage("load_torch", timings, progress, peaks):
         tm = load_torch_model(variant, tag, weights, num_classes, in_chans, input_size)
     return variant, tm, in_chans
 
 
-def _build_and_map(name, variant, tm, in_chans, timings, progress, check_hparams=True):
+def _build_and_map(name, variant, tm, in_chans, timings, progress, check_hparams=True,
+                   peaks=None):
     # a fixed image size (BEiT) is the checkpoint's when its geometry differs from the recipe's
     in_specs = sized_inputs(variant.input_specs(in_chans), tm.input_size)
-    with _stage("build_keras", timings, progress):
+    with _stage("build_keras", timings, progress, peaks):
         kwargs = builder_kwargs(variant.builder, {**variant.builder_kwargs, **tm.builder_overrides},
                                 classes=tm.num_classes,
                                 input_shape=list(in_specs[0].keras_shape())
@@ -142,7 +148,7 @@ def _build_and_map(name, variant, tm, in_chans, timings, progress, check_hparams
         model = build(variant.builder, kwargs)
         named_outputs(model, variant.output_specs())
         feed(model, {s.name: None for s in in_specs})
-    with _stage("map_weights", timings, progress):
+    with _stage("map_weights", timings, progress, peaks):
         plan = plan_mapping(tm.state_dict_numpy(), model, variant.rules, variant.recipe.ignore,
                             modules=dict(tm.module.named_modules()), context=name,
                             check_hparams=check_hparams)
@@ -208,8 +214,9 @@ def convert(name: str, weights="random", num_classes: int | None = None,
     inference = parse_inference("inference", inference, formats)
     final = None if out_dir is None else output_dir(output_root("out_dir", out_dir), name)
     timings: dict[str, float] = {}
+    peaks: list = []
     variant, tm, in_chans = _load(name, weights, num_classes, in_chans, timings, progress,
-                                  input_size)
+                                  input_size, peaks)
     size = input_size or tm.input_size or variant.input_size
     features = dict(variant.features)
     in_specs, out_specs = sized_inputs(variant.input_specs(in_chans), tm.input_size), \
@@ -218,13 +225,14 @@ def convert(name: str, weights="random", num_classes: int | None = None,
     # The torch side of validation runs before the Keras model exists: its float64 copy (twice
     # the weights) is gone before the Keras weights arrive, which keeps the worker's peak memory
     # near one model in each framework.
-    with _stage("validate", timings, None):
+    with _stage("validate", timings, None, peaks):
         inputs = make_inputs(in_specs, size, tm.preprocessing)
         ref = torch_outputs(tm.module, inputs, features, in_specs, out_specs, layout=layout)
         floor = float32_error(tm.module, inputs, features, ref, variant.tolerance, in_specs,
                               out_specs, layout)
-    kwargs, model, plan = _build_and_map(name, variant, tm, in_chans, timings, progress)
-    with _stage("validate", timings, progress):
+    kwargs, model, plan = _build_and_map(name, variant, tm, in_chans, timings, progress,
+                                         peaks=peaks)
+    with _stage("validate", timings, progress, peaks):
         parity = {"in_memory": compare_outputs(
             ref, keras_outputs(model, inputs, list(features.values()), out_specs),
             variant.tolerance, out_specs)}
@@ -251,6 +259,7 @@ def convert(name: str, weights="random", num_classes: int | None = None,
         "versions": library_versions(), "warnings": list(warnings) + tm.warnings, "parity": parity,
         "torch_float32_vs_float64": floor,
         "timings": timings,
+        "peak_rss_mb_after_stage": peaks,   # filled in as the stages run, export's included
         # issue 11's memory bound for a conversion is a multiple of these (summary: peak RSS)
         "parameter_bytes": parameter_bytes(tm, model),
     }
@@ -296,7 +305,7 @@ def convert(name: str, weights="random", num_classes: int | None = None,
     if inference:   # the serving formats hold the folded copy
         config["inference"] = report["inference"]
     with atomic_dir(final) as tmp:
-        with _stage("export", timings, progress), _disk_errors(name, final):
+        with _stage("export", timings, progress, peaks), _disk_errors(name, final):
             save_golden(tmp, inputs, ref)
             report["exports"] = exports = save_model_files(
                 model, tmp, formats, check=lambda fmt, path: RUNNERS[fmt](path, inputs, out_specs),
@@ -305,7 +314,7 @@ def convert(name: str, weights="random", num_classes: int | None = None,
             # what the folder holds: validate_all, --resume and publish follow this list
             config["formats"] = [f for f, e in exports.items() if "skipped" not in e]
             write_json(tmp / "config.json", config)
-        with _stage("reload_validate", timings, progress):
+        with _stage("reload_validate", timings, progress, peaks):
             parity.update(validate_files(tmp, inputs, ref, model))
         failed = [fmt for fmt, p in parity.items() if not p["passed"]]
         report["status"] = "failed" if failed else "passed"

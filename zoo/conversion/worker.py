@@ -5,12 +5,12 @@ crash or an out-of-memory kill leaves no result file, which the parent reports."
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 import traceback
 
 from zoo.conversion.torch_first import torch  # noqa: F401 - before anything imports keras
+from zoo.worker_env import peak_rss_mb
 
 
 def resolve_weights(name: str, requested: str) -> tuple[str, list[str]]:
@@ -25,11 +25,6 @@ def resolve_weights(name: str, requested: str) -> tuple[str, list[str]]:
         return "pretrained", []
     return "random", [f"{name}: pretrained weights cannot be obtained here (not cached, host "
                       f"unreachable): FELL BACK TO RANDOM WEIGHTS (parity test only, not for use)"]
-
-
-def peak_rss_mb() -> float:
-    """This process' peak resident set so far (Linux reports ru_maxrss in KiB)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def baseline_rss_mb() -> float:
