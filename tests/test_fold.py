@@ -25,7 +25,8 @@ def test_folded_saved_model_with_xla_matches_timm(tmp_path, torch_model):
                                  formats="weights.h5,saved_model", inference="xla")
     module = torch_model("timm/resnet18")
     assert report["inference"] == {"mode": "xla", "folded": {
-        "batchnorm": _count(module, torch.nn.BatchNorm2d), "layer_scale": 0}}
+        "batchnorm": _count(module, torch.nn.BatchNorm2d), "layer_scale": 0,
+        "weight_standardization": 0}}
     for fmt in ("folded", "saved_model", "weights.h5"):
         assert report["parity"][fmt]["passed"], fmt
         assert report["parity"][fmt]["max_rel"] < 1e-5, fmt
@@ -44,13 +45,51 @@ def test_layer_scale_folds_and_preactivation_batchnorm_stays(converted_small, to
     model, _ = converted_small("timm/convnext_atto")
     folded, counts = fold_for_inference(model)
     blocks = sum(1 for n, p in torch_model("timm/convnext_atto").named_parameters() if n.endswith(".gamma"))
-    assert counts == {"batchnorm": 0, "layer_scale": blocks}
+    assert counts == {"batchnorm": 0, "layer_scale": blocks, "weight_standardization": 0}
     assert rel(folded(x), model(x)) < 1e-5
 
     model, _ = converted_small("timm/resnetv2_50")
     folded, counts = fold_for_inference(model)
     bns = sum(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
     assert counts["batchnorm"] < bns
+    assert rel(folded(x), model(x)) < 1e-5
+
+
+def test_weight_standardised_convs_become_plain_convs_matching_timm(converted_small,
+                                                                   torch_model):
+    """BiT's StdConv2d standardises its kernel at every call; the folded copy holds each
+    standardised kernel in a plain Conv2D (one per timm StdConv2d), and still matches timm's
+    module, which standardises as it runs."""
+    import timm
+
+    name = "timm/resnetv2_50x1_bit"
+    model, _ = converted_small(name)
+    module = torch_model(name)
+    folded, counts = fold_for_inference(model)
+    assert counts["weight_standardization"] == _count(module, timm.layers.StdConv2d) > 0
+    assert not any(type(layer).__name__ == "StdConv2D" for layer in folded.layers)
+    x = random_input(SMALL, SMALL, seed=5)
+    with torch.inference_mode():
+        ref = module(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+    assert rel(folded(x), ref) < 1e-4
+    assert rel(folded(x), model(x)) < 1e-5
+
+
+def test_batchnorm_after_a_weight_standardised_conv_folds_into_the_standardised_kernel():
+    """A BatchNorm after a StdConv2D folds into its standardised kernel (folding it into the raw
+    kernel, which the layer standardises again, would undo the BatchNorm's scale)."""
+    from zoo.layers.std_conv import StdConv2D
+
+    inp = keras.Input((8, 8, 3))
+    x = StdConv2D(4, 3, padding="same", eps=1e-8, name="conv")(inp)
+    model = keras.Model(inp, keras.layers.BatchNormalization(name="bn")(x))
+    rng = np.random.default_rng(1)
+    for layer in model.layers:
+        layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32")
+                           for w in layer.get_weights()])
+    folded, counts = fold_for_inference(model)
+    assert counts == {"batchnorm": 1, "layer_scale": 0, "weight_standardization": 1}
+    x = rng.standard_normal((2, 8, 8, 3)).astype("float32")
     assert rel(folded(x), model(x)) < 1e-5
 
 
@@ -69,7 +108,8 @@ def test_a_conv_with_two_consumers_is_not_folded():
         layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32")
                            for w in layer.get_weights()])
     folded, counts = fold_for_inference(model)
-    assert counts == {"batchnorm": 1, "layer_scale": 0}   # dw_bn into the depthwise conv only
+    # dw_bn into the depthwise conv only
+    assert counts == {"batchnorm": 1, "layer_scale": 0, "weight_standardization": 0}
     assert type(folded.get_layer("bn")).__name__ == "BatchNormalization"
     x = rng.standard_normal((2, 8, 8, 3)).astype("float32")
     for got, ref in zip(folded(x), model(x)):

@@ -7,6 +7,9 @@ would change the other consumers):
   `y = (W x + b - mean) * gamma / sqrt(var + eps) + beta`, so W' = W * s, b' = (b - mean) * s + beta
   with s = gamma / sqrt(var + eps) per output channel;
 - zoo's LayerScale after Conv/Dense (ConvNeXt, ViT-style layer scale): W' = W * g, b' = b * g.
+And every weight-standardised StdConv2D (BiT) becomes a plain Conv2D holding its standardised
+kernel: the standardisation depends on the kernel alone, so serving need not redo it per call
+(an affine after it folds into that standardised kernel).
 Nothing else: a BatchNormalization *before* a convolution (pre-activation nets) would need the
 convolution's zero padding to see the shifted mean, so it stays as it is.
 
@@ -20,6 +23,7 @@ import keras
 import numpy as np
 
 from zoo.layers.layer_scale import LayerScale
+from zoo.layers.std_conv import StdConv2D
 
 
 class FoldedAway(keras.layers.Layer):
@@ -80,9 +84,16 @@ def foldable_pairs(model) -> dict[str, str]:
     return pairs
 
 
+def _kernel(linear) -> np.ndarray:
+    """The kernel a linear layer applies (StdConv2D's standardised one), in float64."""
+    if isinstance(linear, StdConv2D):
+        return np.asarray(keras.ops.convert_to_numpy(linear.standardized_kernel()), np.float64)
+    return np.asarray(linear.kernel.numpy(), np.float64)
+
+
 def _folded_weights(linear, s, t) -> list[np.ndarray]:
     """The linear layer's [kernel, bias] with the affine (s, t) of its outputs merged in."""
-    kernel = np.asarray(linear.kernel.numpy(), np.float64)
+    kernel = _kernel(linear)
     bias = (np.asarray(linear.bias.numpy(), np.float64) if linear.use_bias
             else np.zeros(s.shape, np.float64))
     if isinstance(linear, keras.layers.DepthwiseConv2D):
@@ -94,21 +105,24 @@ def _folded_weights(linear, s, t) -> list[np.ndarray]:
 
 
 def fold_for_inference(model) -> tuple[keras.Model, dict]:
-    """(folded copy of `model`, {"batchnorm": n, "layer_scale": n} folded). The copy has the
-    same inputs, outputs and layer names; `model` is not changed."""
+    """(folded copy of `model`, {"batchnorm": n, "layer_scale": n, "weight_standardization": n}
+    folded). The copy has the same inputs, outputs and layer names; `model` is not changed."""
     pairs = foldable_pairs(model)
     linear_of = {v: k for k, v in pairs.items()}
 
     def clone(layer):
         if layer.name in pairs:
             return FoldedAway(name=layer.name)
-        config = layer.get_config()
+        config, cls = layer.get_config(), layer.__class__
+        if isinstance(layer, StdConv2D):
+            config.pop("eps")
+            cls = keras.layers.Conv2D
         if layer.name in linear_of:
             config["use_bias"] = True
-        return layer.__class__.from_config(config)
+        return cls.from_config(config)
 
     folded = keras.models.clone_model(model, clone_function=clone)
-    counts = {"batchnorm": 0, "layer_scale": 0}
+    counts = {"batchnorm": 0, "layer_scale": 0, "weight_standardization": 0}
     for layer in model.layers:
         if layer.name in pairs or not layer.weights:
             continue
@@ -118,6 +132,9 @@ def fold_for_inference(model) -> tuple[keras.Model, dict]:
             s, t = _scale_shift(affine)
             target.set_weights(_folded_weights(layer, s, t))
             counts["layer_scale" if isinstance(affine, LayerScale) else "batchnorm"] += 1
+        elif isinstance(layer, StdConv2D):
+            target.set_weights([_kernel(layer).astype(np.float32), *layer.get_weights()[1:]])
         else:
             target.set_weights(layer.get_weights())
+        counts["weight_standardization"] += isinstance(layer, StdConv2D)
     return folded, counts
