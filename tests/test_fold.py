@@ -14,6 +14,16 @@ from helpers import SMALL, random_input, rel, run_script
 from zoo.fold import fold_for_inference
 
 
+def _randomised(model, seed):
+    """Every weight of `model` drawn from U(0.5, 1.5) (positive variances, scales away from 1);
+    returns the generator for the test's inputs."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32")
+                           for w in layer.get_weights()])
+    return rng
+
+
 def _count(module, kind):
     return sum(isinstance(m, kind) for m in module.modules())
 
@@ -83,10 +93,7 @@ def test_batchnorm_after_a_weight_standardised_conv_folds_into_the_standardised_
     inp = keras.Input((8, 8, 3))
     x = StdConv2D(4, 3, padding="same", eps=1e-8, name="conv")(inp)
     model = keras.Model(inp, keras.layers.BatchNormalization(name="bn")(x))
-    rng = np.random.default_rng(1)
-    for layer in model.layers:
-        layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32")
-                           for w in layer.get_weights()])
+    rng = _randomised(model, seed=1)
     folded, counts = fold_for_inference(model)
     assert counts == {"batchnorm": 1, "layer_scale": 0, "weight_standardization": 1}
     x = rng.standard_normal((2, 8, 8, 3)).astype("float32")
@@ -103,10 +110,7 @@ def test_a_conv_with_two_consumers_is_not_folded():
                                       name="dw")(conv)
     dw_bn = keras.layers.BatchNormalization(name="dw_bn")(dw)
     model = keras.Model(inp, [bn, dw_bn])
-    rng = np.random.default_rng(0)
-    for layer in model.layers:
-        layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32")
-                           for w in layer.get_weights()])
+    rng = _randomised(model, seed=0)
     folded, counts = fold_for_inference(model)
     # dw_bn into the depthwise conv only
     assert counts == {"batchnorm": 1, "layer_scale": 0, "weight_standardization": 0}
