@@ -51,9 +51,10 @@ def test_results_record_the_run(bench):
 
 
 def _head():
-    """This checkout's commit, asked of git here (None outside a git checkout)."""
-    proc = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True)
+    """The last commit that changed zoo/ or recipes/, asked of git here (None outside a git
+    checkout)."""
+    proc = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h", "--", "zoo",
+                           "recipes"], capture_output=True, text=True)
     if proc.returncode:
         return None
     changed = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "zoo", "recipes"],

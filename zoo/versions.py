@@ -27,14 +27,15 @@ def library_versions() -> dict:
 
 
 def source_revision() -> str | None:
-    """The git commit of the zoo source in use (short hash, "+changes" when the zoo/ or
-    recipes/ files differ from it), or None outside a git checkout (an installed wheel). Two
-    measurements of one zoo version can come from different code; this tells them apart."""
+    """The last git commit that changed the zoo source in use, zoo/ or recipes/ (short hash,
+    "+changes" when those files differ from it), or None outside a git checkout (an installed
+    wheel). Two measurements of one zoo version can come from different code; this tells them
+    apart, and a commit of results or docs between them does not split them."""
     root = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10)
-        if head.returncode:
+        head = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%h", "--", "zoo",
+                               "recipes"], capture_output=True, text=True, timeout=10)
+        if head.returncode or not head.stdout.strip():
             return None
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "zoo",
                                 "recipes"], capture_output=True, text=True, timeout=10)
