@@ -14,6 +14,16 @@ PATHS = {"tf_function": "tf.function", "xla": "tf.function XLA",
          "saved_model": "SavedModel", "tflite": "TFLite"}
 
 
+def _passed(models: dict) -> dict:
+    """The models a run measured, by name (a failed one has no figures to report)."""
+    return {n: r for n, r in sorted(models.items()) if r.get("status") == "passed"}
+
+
+def _per_batch(r: dict, batches, path: str, key: str, fmt: str) -> str:
+    """One path's figure at each batch size, 'b1 / b8' (nan where it was not measured)."""
+    return " / ".join(format(_stat(r, b, path).get(key, float("nan")), fmt) for b in batches)
+
+
 def _ms(s: dict) -> str:
     return f"{s['median_ms']:.1f} [{s['p10_ms']:.1f}–{s['p90_ms']:.1f}]"
 
@@ -35,19 +45,15 @@ def latency_table(models: dict) -> str:
 
 
 def summary_table(models: dict, batches) -> str:
-    """One row per model (the README's table): each Keras path's ratio at every batch size."""
+    """One row per model: each Keras path's ratio at every batch size."""
     per = " / ".join(f"b{b}" for b in batches)
     head = ["model", "params (M)", f"PyTorch ms {per}", *(f"{t} {per}" for t in PATHS.values()),
             "conversion s", "peak RSS above baseline MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, r in sorted(models.items()):
-        if r.get("status") != "passed":
-            continue
+    for name, r in _passed(models).items():
         cells = [f"`{name}`", f"{r['params']['torch'] / 1e6:.1f}",
-                 " / ".join(f"{_stat(r, b, 'torch').get('median_ms', float('nan')):.1f}"
-                            for b in batches)]
-        cells += [" / ".join(f"{_stat(r, b, p).get('ratio', float('nan')):.2f}" for b in batches)
-                  for p in PATHS]
+                 _per_batch(r, batches, "torch", "median_ms", ".1f")]
+        cells += [_per_batch(r, batches, p, "ratio", ".2f") for p in PATHS]
         cells += [f"{r['conversion_seconds']:.1f}", f"{r['rss_peak_mb'] - r['rss_baseline_mb']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -69,7 +75,7 @@ def targets(models: dict, batches) -> dict:
     per batch size]}, "met": names whose best path is at most TARGET_RATIO at every batch size,
     "plain": {batch: how many are, on the plain tf.function path}, "median_b8": the median best
     ratio at batch 8 (None without batch 8)}."""
-    passed = {n: r for n, r in sorted(models.items()) if r.get("status") == "passed"}
+    passed = _passed(models)
     best = {n: [best_path(r, b) for b in batches] for n, r in passed.items()}
     met = [n for n, bs in best.items() if all(x is not None and x[1] <= TARGET_RATIO for x in bs)]
     plain = {b: sum(_stat(r, b, "tf_function").get("ratio", float("inf")) <= TARGET_RATIO
@@ -138,8 +144,7 @@ def biggest_rise(r: dict) -> tuple[str, float] | None:
 def conversion_summary(models: dict, formats=None) -> str:
     """How many passed models meet each conversion-cost target (the conversion exporting
     `formats`), naming those whose mapping is not the cheaper step."""
-    checks = {n: conversion_checks(r) for n, r in sorted(models.items())
-              if r.get("status") == "passed"}
+    checks = {n: conversion_checks(r) for n, r in _passed(models).items()}
 
     def misses(key):
         return [n for n, c in checks.items() if not c[key]]
@@ -155,9 +160,7 @@ def conversion_table(models: dict, formats=None) -> str:
     head = ["model", "params (M)", *STAGES, "total s", "peak RSS MB", "above baseline MB",
             f"limit ({TARGET_RSS_PARAMS}x params) MB", "largest rise: stage MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, r in sorted(models.items()):
-        if r.get("status") != "passed":
-            continue
+    for name, r in _passed(models).items():
         t, c = r["timings"], conversion_checks(r)
         lines.append("| " + " | ".join([
             f"`{name}`", f"{r['params']['torch'] / 1e6:.1f}",
@@ -183,24 +186,23 @@ def readme_section(results: dict, link: str, catalogue_size: int) -> str:
     times = sorted(r["measured_at"] for r in models.values() if r.get("measured_at"))
     when = f"{_minute(times[0])} to {_minute(times[-1])}" if times else _minute(results["date"])
     per = " / ".join(f"b{b}" for b in batches)
-    lines = [f"Latest run: {when}, {m['cpu']} ({m['cores']} cores, "
-             f"{m['ram_gb']} GB RAM), {s['threads']} thread(s) for each framework, "
+    intro = (f"Latest run: {when}, {m['cpu']} ({m['cores']} cores, {m['ram_gb']} GB RAM), "
+             f"{s['threads']} thread(s) for each framework, "
              + (f"{s['input_size']} px" if s["input_size"] else "each recipe's input size")
              + f"; {len(t['best'])} of the catalogue's {catalogue_size} models measured "
-             f"([{link}]({link}))."]
+             f"([{link}]({link})).")
+    # the report's notes on commits and busy models, as plain sentences in the paragraph
     notes = [_sources(models), _busy_models(models),
              "Each ratio is a Keras path's latency over PyTorch eager's (below 1: faster)."]
-    lines = [" ".join([lines[0], *(n.strip().replace("**", "") for n in notes if n.strip())]), "",
+    lines = [" ".join([intro, *(n.strip().replace("**", "") for n in notes if n.strip())]), "",
              f"| model | PyTorch ms {per} | tf.function {per} | "
              + " | ".join(f"best Keras path b{b}" for b in batches) + " | zoo commit |",
              "|---|---|---|" + "---|" * len(batches) + "---|"]
     for name, best in t["best"].items():
         r = models[name]
         lines.append("| " + " | ".join([
-            f"`{name}`", " / ".join(f"{_stat(r, b, 'torch').get('median_ms', float('nan')):.1f}"
-                                    for b in batches),
-            " / ".join(f"{_stat(r, b, 'tf_function').get('ratio', float('nan')):.2f}"
-                       for b in batches),
+            f"`{name}`", _per_batch(r, batches, "torch", "median_ms", ".1f"),
+            _per_batch(r, batches, "tf_function", "ratio", ".2f"),
             *map(_best_cell, best), r.get("source") or "not recorded"]) + " |")
     return ("\n".join(lines) + "\n\nTargets (issue 11, best Keras path <= "
             f"{TARGET_RATIO:g} at every batch size): " + target_summary(t, batches) + " "
@@ -301,7 +303,7 @@ def plots(results: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    models = {n: r for n, r in sorted(results["models"].items()) if r.get("status") == "passed"}
+    models = _passed(results["models"])
     batches = results["settings"]["batches"]
     fig, axes = plt.subplots(len(batches), 1, figsize=(max(6, 1.6 * len(models) + 2),
                                                        3.2 * len(batches)), squeeze=False)
