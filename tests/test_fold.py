@@ -37,6 +37,7 @@ def test_folded_saved_model_with_xla_matches_timm(tmp_path, torch_model):
     assert report["inference"] == {"mode": "xla", "folded": {
         "batchnorm": _count(module, torch.nn.BatchNorm2d), "layer_scale": 0,
         "weight_standardization": 0}}
+    assert not [w for w in report["warnings"] if "--inference xla" in w]   # dense convs only
     for fmt in ("folded", "saved_model", "weights.h5"):
         assert report["parity"][fmt]["passed"], fmt
         assert report["parity"][fmt]["max_rel"] < 1e-5, fmt
@@ -45,6 +46,20 @@ def test_folded_saved_model_with_xla_matches_timm(tmp_path, torch_model):
     graph = loaded.signatures["serving_default"].graph.as_graph_def()
     assert any(fn.attr["_XlaMustCompile"].b for fn in graph.library.function
                if "_XlaMustCompile" in fn.attr)
+
+
+def test_xla_warns_of_the_depthwise_and_grouped_convolutions_it_is_slow_on(torch_model):
+    """XLA's CPU code for depthwise/grouped convolutions was 1.1-16x slower than the plain folded
+    graph in the benchmark: --inference xla on such a model says so, with the count of them
+    (counted in timm's module, not ours)."""
+    _model, report = zoo.convert("timm/mobilenetv3_small_100", input_size=SMALL,
+                                 formats="saved_model", inference="xla")
+    module = torch_model("timm/mobilenetv3_small_100")
+    grouped = sum(m.groups > 1 for m in module.modules() if isinstance(m, torch.nn.Conv2d))
+    assert grouped > 0
+    [warning] = [w for w in report["warnings"] if "--inference xla" in w]
+    assert f" {grouped} depthwise or grouped convolutions" in warning
+    assert "--inference fold" in warning
 
 
 def test_layer_scale_folds_and_preactivation_batchnorm_stays(converted_small, torch_model):

@@ -138,3 +138,24 @@ def fold_for_inference(model) -> tuple[keras.Model, dict]:
             target.set_weights(layer.get_weights())
         counts["weight_standardization"] += isinstance(layer, StdConv2D)
     return folded, counts
+
+
+def xla_slow_convolutions(model) -> int:
+    """How many depthwise and grouped convolutions `model` has. XLA's CPU code for these is slow:
+    in the catalogue benchmark (2-core CPU, docs/performance.md) the XLA-compiled folded graph
+    took 2-16x the plain folded graph's time for the depthwise families (MobileNet, EfficientNet,
+    MNASNet, ConvNeXt, Xception, MobileViT, ShuffleNet) and 1.1-2x for the grouped ones (ResNeXt,
+    RegNet); the transformers were the ones it made faster (0.8-1.0x)."""
+    return sum(isinstance(layer, keras.layers.DepthwiseConv2D) or getattr(layer, "groups", 1) > 1
+               for layer in model._flatten_layers(include_self=False))
+
+
+def xla_warning(model) -> str | None:
+    """What --inference xla costs `model` on CPU, when it has convolutions XLA is slow on."""
+    n = xla_slow_convolutions(model)
+    if not n:
+        return None
+    return (f"--inference xla: this model has {n} depthwise or grouped convolutions, which XLA "
+            f"compiles to slow CPU code (1.1-16x the folded graph's time in the catalogue "
+            f"benchmark, docs/performance.md); for CPU serving, --inference fold is the faster "
+            f"choice")

@@ -238,7 +238,7 @@ def convert(name: str, weights="random", num_classes: int | None = None,
             variant.tolerance, out_specs)}
         serving, folded = None, None
         if inference:
-            from zoo.fold import fold_for_inference
+            from zoo.fold import fold_for_inference, xla_warning
 
             serving, folded = fold_for_inference(model)
             parity["folded"] = compare_outputs(
@@ -265,6 +265,8 @@ def convert(name: str, weights="random", num_classes: int | None = None,
     }
     if inference:
         report["inference"] = {"mode": inference, "folded": folded}
+        if inference == "xla" and (slow := xla_warning(serving)):
+            report["warnings"].append(slow)
     if not parity["in_memory"]["passed"]:
         report["status"] = "failed"
         report["diff"] = diff = layer_diff(tm, model, plan, inputs, variant.tolerance, in_specs,
