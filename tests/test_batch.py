@@ -6,7 +6,7 @@ import pytest
 
 from helpers import SMALL, run_script, user_recipes_env
 from zoo import catalog
-from zoo.batch import BatchError, select
+from zoo.batch import BatchError, select, summary_table
 from zoo.worker_env import ALLOCATOR_ENV, THREAD_VARS
 
 CRASHING_MODULE = '''
@@ -51,7 +51,7 @@ def test_batch_survives_failures_and_resumes(tmp_path, extra_recipes):
     assert not [p for p in out.rglob(".*") if p.name != ".logs" and ".logs" not in p.parts]
     summary = (out / "SUMMARY.md").read_text()
     assert "| timm/resnet18 | passed | random |" in summary and "test/crash | crashed" in summary
-    assert "| model | status | weights | max rel error | top-1 agreement | seconds | peak MB (limit) |" \
+    assert "| model | status | weights | max rel error | top-1 agreement | seconds | peak MiB (limit) |" \
         in proc.stdout
     assert "Peak memory: each worker's peak RSS above its baseline" in summary
 
@@ -75,6 +75,17 @@ def test_batch_survives_failures_and_resumes(tmp_path, extra_recipes):
     proc = run_script("validate_all.py", "--out", out)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert "2/2 models pass" in proc.stdout
+
+
+
+def test_summary_holds_peak_memory_to_its_limit_in_one_unit():
+    """Peak RSS is in MiB (ru_maxrss / 1024): the 3x-parameters limit is too. 100 MiB of
+    parameters in both models allow 300 MiB: 310 is over it (in MB, 1e6 bytes, the limit would
+    read 315 and 310 would pass), 290 within."""
+    row = {"status": "passed", "parameter_bytes": 100 * 2**20}
+    table = summary_table({"a/over": {**row, "rss_mb": 310.0}, "a/within": {**row, "rss_mb": 290.0}})
+    assert "| 310 (300) |" in table and "| 290 (300) |" in table, table
+    assert "within it for 1 of 2 models" in table, table
 
 
 THREADS_MODULE = '''

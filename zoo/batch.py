@@ -37,7 +37,7 @@ from zoo.export import (
 )
 from zoo.validate import output_summary
 from zoo.versions import library_versions
-from zoo.worker_env import share_per_process, worker_env
+from zoo.worker_env import RSS_LIMIT_FACTOR, rss_limit_mb, share_per_process, worker_env
 
 
 class BatchError(ValueError):
@@ -161,18 +161,12 @@ def _above(peak, baseline):
     return None if peak is None or baseline is None else round(peak - baseline, 1)
 
 
-# issue 11: a worker's peak RSS above its import baseline stays under this many times the bytes
-# of both models' parameters
-RSS_LIMIT_FACTOR = 3
-
-
 def memory_cell(row: dict) -> str:
     """Peak RSS above the worker's import baseline, and the limit it is held to."""
     if row.get("rss_mb") is None:
         return "-"
     limit = row.get("parameter_bytes")
-    return f"{row['rss_mb']:.0f}" + ("" if not limit else
-                                     f" ({RSS_LIMIT_FACTOR * limit / 1e6:.0f})")
+    return f"{row['rss_mb']:.0f}" + ("" if not limit else f" ({rss_limit_mb(limit):.0f})")
 
 
 def _fmt(v, spec):
@@ -206,7 +200,7 @@ def formats_cell(row: dict) -> str:
 
 def summary_table(rows: dict) -> str:
     lines = ["| model | status | weights | max rel error | top-1 agreement | seconds | "
-             "peak MB (limit) | formats |",
+             "peak MiB (limit) | formats |",
              "|---|---|---|---|---|---|---|---|"]
     for name in sorted(rows):
         r = rows[name]
@@ -220,7 +214,7 @@ def summary_table(rows: dict) -> str:
                      "outputs (sizes from each report's file manifest).")
     measured = [r for r in rows.values() if r.get("rss_mb") is not None and r.get("parameter_bytes")]
     if measured:
-        within = sum(r["rss_mb"] * 1e6 <= RSS_LIMIT_FACTOR * r["parameter_bytes"] for r in measured)
+        within = sum(r["rss_mb"] <= rss_limit_mb(r["parameter_bytes"]) for r in measured)
         lines.append(f"\nPeak memory: each worker's peak RSS above its baseline (torch, TensorFlow, "
                      f"Keras and zoo loaded, TensorFlow's runtime started), against "
                      f"{RSS_LIMIT_FACTOR}x the bytes of both models' parameters: within it for "

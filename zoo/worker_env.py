@@ -80,3 +80,13 @@ def restore_steady_allocator() -> bool:
 def peak_rss_mb() -> float:
     """This process' peak resident set so far in MiB (Linux reports ru_maxrss in KiB)."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+# issue 11: a conversion worker's peak RSS above its import baseline stays under this many times
+# the bytes of both models' parameters (convert_all's summary and the benchmark report hold it)
+RSS_LIMIT_FACTOR = 3
+
+
+def rss_limit_mb(parameter_bytes: float) -> float:
+    """RSS_LIMIT_FACTOR x `parameter_bytes` in MiB, the unit of peak_rss_mb."""
+    return RSS_LIMIT_FACTOR * parameter_bytes / 2**20

@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 from zoo.constants import STAGES
+from zoo.worker_env import RSS_LIMIT_FACTOR, rss_limit_mb
 
 # The Keras paths the worker times next to PyTorch eager, and their column titles.
 PATHS = {"tf_function": "tf.function", "xla": "tf.function XLA",
@@ -48,7 +49,7 @@ def summary_table(models: dict, batches) -> str:
     """One row per model: each Keras path's ratio at every batch size."""
     per = " / ".join(f"b{b}" for b in batches)
     head = ["model", "params (M)", f"PyTorch ms {per}", *(f"{t} {per}" for t in PATHS.values()),
-            "conversion s", "peak RSS above baseline MB"]
+            "conversion s", "peak RSS above baseline MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in _passed(models).items():
         cells = [f"`{name}`", f"{r['params']['torch'] / 1e6:.1f}",
@@ -113,15 +114,14 @@ def target_table(models: dict, batches) -> str:
 
 
 # Issue 11's conversion-cost targets: mapping the weights costs less than building the Keras
-# model, and the worker's peak RSS above its import baseline stays under this multiple of both
+# model, and the worker's peak RSS above its import baseline stays under RSS_LIMIT_FACTOR x both
 # models' parameter bytes.
-TARGET_RSS_PARAMS = 3
 
 
 def conversion_checks(r: dict) -> dict:
     """Whether one passed model meets each conversion-cost target, with the figures compared."""
     t, above = r["timings"], r["rss_peak_mb"] - r["rss_baseline_mb"]
-    limit = TARGET_RSS_PARAMS * sum(r["param_bytes"].values()) / 2**20   # MiB, as RSS is
+    limit = rss_limit_mb(sum(r["param_bytes"].values()))
     return {"map_s": t["map_weights"], "build_s": t["build_keras"],
             "map_cheaper": t["map_weights"] < t["build_keras"],
             "rss_above_mb": above, "rss_limit_mb": limit, "rss_within": above <= limit,
@@ -151,14 +151,14 @@ def conversion_summary(models: dict, formats=None) -> str:
     n, slow, heavy = len(checks), misses("map_cheaper"), misses("rss_within")
     return (f"Mapping the weights cost less than building the Keras model for {n - len(slow)} of "
             f"{n} models" + (" (not: " + ", ".join(f"`{m}`" for m in slow) + ")" if slow else "")
-            + f"; the worker's peak RSS above its baseline was within {TARGET_RSS_PARAMS}x both "
+            + f"; the worker's peak RSS above its baseline was within {RSS_LIMIT_FACTOR}x both "
             f"models' parameter bytes for {n - len(heavy)} of {n}"
             + (f" (the conversion exported {', '.join(formats)})" if formats else "") + ".\n")
 
 
 def conversion_table(models: dict, formats=None) -> str:
-    head = ["model", "params (M)", *STAGES, "total s", "peak RSS MB", "above baseline MB",
-            f"limit ({TARGET_RSS_PARAMS}x params) MB", "largest rise: stage MB"]
+    head = ["model", "params (M)", *STAGES, "total s", "peak RSS MiB", "above baseline MiB",
+            f"limit ({RSS_LIMIT_FACTOR}x params) MiB", "largest rise: stage MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in _passed(models).items():
         t, c = r["timings"], conversion_checks(r)
@@ -338,7 +338,7 @@ def plots(results: dict, out: Path) -> list[Path]:
                 ax.annotate(n, (x, y), fontsize=7)
     a1.set(xlabel="parameters (M)", ylabel="seconds", title="conversion time")
     a1.legend(fontsize=8)
-    a2.set(xlabel="parameters (M)", ylabel="MB", title="worker peak RSS above import baseline")
+    a2.set(xlabel="parameters (M)", ylabel="MiB", title="worker peak RSS above import baseline")
     fig.tight_layout()
     conv_png = out / "conversion.png"
     fig.savefig(conv_png, dpi=110)
