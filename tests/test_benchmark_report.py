@@ -6,7 +6,7 @@ import json
 
 from helpers import run_script
 from zoo.catalog import list_models
-from zoo.cli.benchmark_report import conversion_checks, readme_section, target_table
+from zoo.cli.benchmark_report import conversion_checks, conversion_summary, readme_section, target_table
 
 MiB = 2**20
 
@@ -53,6 +53,26 @@ def test_conversion_checks_compare_mapping_with_building_and_rss_with_parameters
     assert ok["rss_above_mb"] == 500.0 and ok["rss_limit_mb"] == 600.0
     bad = conversion_checks(r(0.9, 1000.0, 300.0))
     assert not bad["map_cheaper"] and not bad["rss_within"]
+    assert ok["rss_before_export_mb"] is None   # no per-stage peaks recorded
+
+
+def test_conversion_checks_read_the_peak_before_the_first_export():
+    """Per-stage peaks, baseline 1000, limit 600: through the second validate the peak is
+    1450 (450 above, within); the export takes it to 1900 (900, over). The check before export
+    takes the last part before "export", not the largest rise."""
+    r = {"timings": {"map_weights": 0.1, "build_keras": 0.8}, "rss_baseline_mb": 1000.0,
+         "rss_peak_mb": 1900.0, "param_bytes": {"torch": 100 * MiB, "keras": 100 * MiB},
+         "peak_rss_mb_after_stage": [["load_torch", 1200.0], ["validate", 1400.0],
+                                     ["build_keras", 1400.0], ["map_weights", 1410.0],
+                                     ["validate", 1450.0], ["export", 1900.0],
+                                     ["reload_validate", 1900.0]]}
+    c = conversion_checks(r)
+    assert c["rss_above_mb"] == 900.0 and not c["rss_within"]
+    assert c["rss_before_export_mb"] == 450.0 and c["rss_before_export_within"]
+    assert c["biggest_rise"] == ("export", 450.0)
+    summary = conversion_summary({"m": {**r, "status": "passed"}})
+    assert "within 3x both models' parameter bytes for 0 of 1" in summary, summary
+    assert "before the first export, for 1 of the 1 whose peak" in summary, summary
 
 
 def _results():
