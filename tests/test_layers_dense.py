@@ -78,10 +78,13 @@ def _grouped_pair(groups, stride, dilation, padding="valid", seed=3):
     return conv, layer
 
 
-@pytest.mark.parametrize("groups, stride, dilation", [(4, 1, 1), (4, 2, 1), (16, 1, 2), (8, 2, 1)])
-def test_grouped_conv2d_is_torch_conv_forward_and_backward(groups, stride, dilation):
-    """A grouped Conv2D (RegNet's, ResNeXt's) on TensorFlow's native kernel: torch's output and
-    its gradients for the input, kernel and bias (fine-tuning), in a graph as Keras runs it."""
+@pytest.mark.parametrize("groups, stride, dilation",
+                         [(4, 1, 1), (4, 2, 1), (16, 1, 2), (8, 2, 1), (1, 1, 2), (1, 1, 12)])
+def test_native_conv2d_is_torch_conv_forward_and_backward(groups, stride, dilation):
+    """A grouped Conv2D (RegNet's, ResNeXt's) or a dilated one (DeepLabV3's ASPP, dilated
+    ResNets) on TensorFlow's native kernel: torch's output and its gradients for the input,
+    kernel and bias (fine-tuning), in a graph as Keras runs it. Dilation 12 on a 15x13 input:
+    most taps fall in the padding, as DeepLabV3's rates do on its 33x33 map."""
     import tensorflow as tf
 
     conv, layer = _grouped_pair(groups, stride, dilation)
@@ -126,9 +129,28 @@ def test_grouped_conv2d_runs_no_xla_island():
     assert not _xla_islands(dense.Conv2D)
 
 
+def _space_to_batch(layer_class):
+    """Whether a traced model of one dilated convolution holds SpaceToBatchND."""
+    import tensorflow as tf
+
+    inp = keras.Input((33, 33, 16))
+    model = keras.Model(inp, layer_class(8, 3, padding="same", dilation_rate=12)(inp))
+    graph = tf.function(model).get_concrete_function(tf.TensorSpec((1, 33, 33, 16))).graph
+    return any(op.type == "SpaceToBatchND" for op in graph.get_operations())
+
+
+def test_dilated_conv2d_runs_without_space_to_batch():
+    """Keras computes a dilated convolution as SpaceToBatchND -> Conv2D -> BatchToSpaceND
+    (DeepLabV3-MobileNetV3 1.5x PyTorch); zoo's Conv2D gives the dilation to the Conv2D op.
+    Should Keras stop doing that, the first assertion fails and zoo's path can go."""
+    assert _space_to_batch(keras.layers.Conv2D)
+    assert not _space_to_batch(dense.Conv2D)
+
+
 def test_grouped_conv2d_keeps_keras_route_without_onednn():
     """Without oneDNN, Grappler's fused Conv2D+BiasAdd kernel rejects groups: zoo's Conv2D then
-    takes Keras' route, and the graph runs and matches torch."""
+    takes Keras' route, and the graph runs and matches torch. A dilated convolution (one group)
+    still takes the native op, which TensorFlow's own kernel runs."""
     proc = run_python(
         "import zoo.conversion.torch_first, tensorflow as tf, torch, numpy as np\n"
         "import test_layers_dense as t\n"
@@ -139,10 +161,16 @@ def test_grouped_conv2d_keeps_keras_route_without_onednn():
         "y = tf.function(layer)(tf.constant(x)).numpy()\n"
         "ref = torch.relu(conv(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())))\n"
         "ref = ref.detach().numpy().transpose(0, 2, 3, 1)\n"
+        "print(float(np.abs(y - ref).max() / np.abs(ref).max()))\n"
+        # a dilated convolution takes the native Conv2D op on TensorFlow's own kernel too
+        "conv, layer = t._grouped_pair(1, 1, 12, padding='same')\n"
+        "y = tf.function(layer)(tf.constant(x)).numpy()\n"
+        "ref = torch.relu(conv(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())))\n"
+        "ref = ref.detach().numpy().transpose(0, 2, 3, 1)\n"
         "print(float(np.abs(y - ref).max() / np.abs(ref).max()))\n",
         env={"TF_ENABLE_ONEDNN_OPTS": "0", "PYTHONPATH": str(Path(__file__).parent)})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert float(proc.stdout.split()[-1]) < 1e-6
+    assert all(float(v) < 1e-6 for v in proc.stdout.split()[-2:]), proc.stdout
 
 
 @pytest.mark.parametrize("shape", [(3, 32), (2, 9, 32), (2, 5, 6, 32)])

@@ -75,16 +75,21 @@ class Conv2D(keras.layers.Conv2D):
     """keras.layers.Conv2D (same variables, config and result); with a 1x1 kernel, stride 1,
     channels-last it is computed as a matmul on the (B*H*W, C) view, which a 1x1 convolution is,
     and oneDNN then fuses its bias and activation (torch's conv_mlp 1x1 Conv2d). A grouped
-    convolution runs TensorFlow's native kernel instead of Keras' XLA island when oneDNN is on.
-    Any other convolution takes Keras' own call."""
+    convolution runs TensorFlow's native kernel instead of Keras' XLA island when oneDNN is on,
+    and so does a dilated one instead of Keras' space-to-batch route. Any other convolution takes
+    Keras' own call."""
 
     def convolution_op(self, inputs, kernel):
-        if (self.groups == 1 or self.data_format != "channels_last" or not _plain(self)
-                or not onednn_enabled()):
+        # A dilated convolution: Keras' route (tf.nn.convolution) computes it as SpaceToBatchND ->
+        # Conv2D -> BatchToSpaceND, which at DeepLabV3's rates (12-36 on a 33x33 map) splits the
+        # map into hundreds of tiny images; the Conv2D op takes the dilation itself, on oneDNN and
+        # on TensorFlow's own CPU kernel (1.8x at rate 12, 2.8x at 36, docs/performance.md).
+        native = (self.groups == 1 and max(self.dilation_rate) > 1) or (
+            self.groups > 1 and onednn_enabled())
+        if not native or self.data_format != "channels_last" or not _plain(self):
             return super().convolution_op(inputs, kernel)
-        return tf.nn.convolution(inputs, kernel, strides=self.strides,
-                                 padding=self.padding.upper(), dilations=self.dilation_rate,
-                                 data_format="NHWC")
+        return tf.nn.conv2d(inputs, kernel, strides=self.strides, padding=self.padding.upper(),
+                            dilations=self.dilation_rate, data_format="NHWC")
 
     def _as_matmul(self):
         return (tuple(self.kernel_size) == (1, 1) and tuple(self.strides) == (1, 1)

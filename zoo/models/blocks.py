@@ -102,8 +102,10 @@ def conv2d(x, filters, kernel, stride=1, groups=1, use_bias=False, padding=None,
     if cfg.weight_std_eps is not None:
         return StdConv2D(filters, kernel, eps=cfg.weight_std_eps, **args)(x)
     # zoo's Conv2D runs a grouped convolution on TensorFlow's native kernel, not Keras' XLA
-    # island (zoo/layers/dense.py); the others keep Keras' class, as measured.
-    return (dense.Conv2D if groups > 1 else keras.layers.Conv2D)(filters, kernel, **args)(x)
+    # island, and a dilated one without Keras' space-to-batch (zoo/layers/dense.py); the others
+    # keep Keras' class, as measured.
+    native = groups > 1 or max(_pair(dilation)) > 1
+    return (dense.Conv2D if native else keras.layers.Conv2D)(filters, kernel, **args)(x)
 
 
 def depthwise(x, kernel, stride=1, name=None, cfg=TORCH, padding=None, use_bias=False,
