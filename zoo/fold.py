@@ -143,9 +143,9 @@ def fold_for_inference(model) -> tuple[keras.Model, dict]:
 def xla_slow_convolutions(model) -> int:
     """How many depthwise and grouped convolutions `model` has. XLA's CPU code for these is slow:
     in the catalogue benchmark (2-core CPU, docs/performance.md) the XLA-compiled folded graph
-    took 2-16x the plain folded graph's time for the depthwise families (MobileNet, EfficientNet,
-    MNASNet, ConvNeXt, Xception, MobileViT, ShuffleNet) and 1.1-2x for the grouped ones (ResNeXt,
-    RegNet); the transformers were the ones it made faster (0.8-1.0x)."""
+    took 2.2-16x the plain folded graph's time for the depthwise families (MobileNet,
+    EfficientNet, MNASNet, ConvNeXt, Xception, MobileViT, ShuffleNet) and 1.1-2x for the grouped
+    ones (ResNeXt, RegNet); the transformers were the ones it made faster (0.6-1.0x)."""
     return sum(isinstance(layer, keras.layers.DepthwiseConv2D) or getattr(layer, "groups", 1) > 1
                for layer in model._flatten_layers(include_self=False))
 
