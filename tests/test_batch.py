@@ -77,7 +77,6 @@ def test_batch_survives_failures_and_resumes(tmp_path, extra_recipes):
     assert "2/2 models pass" in proc.stdout
 
 
-
 def test_summary_holds_peak_memory_to_its_limit_in_one_unit():
     """Peak RSS is in MiB (ru_maxrss / 1024): the 3x-parameters limit is too. 100 MiB of
     parameters in both models allow 300 MiB: 310 is over it (in MB, 1e6 bytes, the limit would

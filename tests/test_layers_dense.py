@@ -147,6 +147,18 @@ def test_dilated_conv2d_runs_without_space_to_batch():
     assert not _space_to_batch(dense.Conv2D)
 
 
+def test_builders_take_zoo_conv2d_for_dilated_convolutions():
+    """blocks.conv2d (every builder's convolution: the ASPP, the dilated ResNets) picks zoo's
+    Conv2D when dilated, so no builder's graph goes through SpaceToBatchND."""
+    from zoo.models import blocks
+
+    inp = keras.Input((33, 33, 16))
+    model = keras.Model(inp, blocks.conv2d(inp, 8, 3, dilation=12, name="aspp"))
+    assert type(model.get_layer("aspp")) is dense.Conv2D
+    assert type(keras.Model(inp, blocks.conv2d(inp, 8, 3, name="plain")).get_layer("plain")) \
+        is keras.layers.Conv2D
+
+
 def test_grouped_conv2d_keeps_keras_route_without_onednn():
     """Without oneDNN, Grappler's fused Conv2D+BiasAdd kernel rejects groups: zoo's Conv2D then
     takes Keras' route, and the graph runs and matches torch. A dilated convolution (one group)

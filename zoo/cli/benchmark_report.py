@@ -136,10 +136,12 @@ def rss_before_export(r: dict) -> float | None:
     what a conversion costs apart from the formats the run asked for (the TFLite converter alone
     adds about 6x the parameters, docs/performance.md). None for results from before the
     pipeline recorded the peak after each stage."""
-    steps = r.get("peak_rss_mb_after_stage") or []
-    before = [peak for stage, peak in steps[:next(
-        (i for i, (stage, _) in enumerate(steps) if stage == "export"), len(steps))]]
-    return before[-1] - r["rss_baseline_mb"] if before else None
+    before = None
+    for stage, peak in r.get("peak_rss_mb_after_stage") or []:
+        if stage == "export":
+            break
+        before = peak
+    return None if before is None else before - r["rss_baseline_mb"]
 
 
 def biggest_rise(r: dict) -> tuple[str, float] | None:
