@@ -110,6 +110,32 @@ def test_clean_plan_maps_every_tensor_and_gives_parity():
     assert np.abs(got - ref).max() / np.abs(ref).max() <= 1e-5
 
 
+def test_assigning_while_planning_fills_the_variables_and_keeps_only_names():
+    """plan_mapping(assign=True) (the pipeline's way: no plan holding a copy of every weight)
+    gives the model applying the plan gives, and a plan without arrays."""
+    tm = Tiny()
+    state = state_of(tm)
+    streamed, applied = keras_tiny(), keras_tiny()
+    plan = plan_mapping(state, streamed, rules(), IGNORE, assign=True)
+    assert plan and all(a.array is None for a in plan)
+    apply_plan(applied, plan_mapping(state, applied, rules(), IGNORE))
+    for a, b in zip(streamed.weights, applied.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not np.array_equal(streamed.weights[0].numpy(), keras_tiny().weights[0].numpy())
+
+
+def test_assigning_while_planning_still_checks_the_whole_model_first_error_last():
+    """With assign=True a problem is still reported with every other problem of the model (the
+    variables checked before it were assigned; the caller discards the model)."""
+    tm = Tiny()
+    state = state_of(tm)
+    del state["fc.bias"]
+    state["extra.weight"] = np.zeros(3, np.float32)
+    with pytest.raises(MappingError) as e:
+        plan_mapping(state, keras_tiny(), rules(), IGNORE, assign=True)
+    assert "'extra'" in str(e.value) and "f/bias" in str(e.value)
+
+
 def test_apply_plan_never_shares_memory_with_the_torch_state():
     """apply_plan lets a variable adopt the buffer of an array the transform made (no copy) but
     must copy one that is a view of the torch state: a later write to the torch tensors (the

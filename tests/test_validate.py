@@ -89,6 +89,60 @@ def test_float64_error_one_sample_at_a_time_is_the_batch_comparison():
                 assert 0 < got[group][name][metric] == pytest.approx(m[metric], rel=1e-3)
 
 
+def test_float64_pass_runs_on_the_module_itself_and_gives_back_its_exact_weights():
+    """float32_error converts the module to float64 in place (a deep copy kept a third copy of
+    the weights at the peak) and must hand it back bit-identical, every tensor in its own dtype:
+    the mapping reads these weights afterwards."""
+    from zoo.conversion.forward import torch_outputs
+    from zoo.conversion.pipeline import float32_error, in_float64
+
+    torch.manual_seed(1)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
+    module.register_buffer("scale16", torch.randn(3).half())   # not float32: kept as it was
+    with torch.no_grad():
+        for t in module.state_dict().values():
+            if t.is_floating_point():
+                t.add_(0.3 * torch.randn_like(t.float()).to(t.dtype))
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    x = np.random.default_rng(5).standard_normal((2, 8, 8, 3)).astype(np.float32)
+    ref32 = torch_outputs(module, x, {})
+    with in_float64(module) as m64:
+        assert m64 is module and module[0].weight.dtype == torch.float64
+    floor = float32_error(module, x, {}, ref32, 1e-4, None, zoo.io_spec.DEFAULT_OUTPUTS)
+    assert "error" not in floor and 0 < floor["max_rel"] < 1e-5
+    after = module.state_dict()
+    for k, v in before.items():
+        assert after[k].dtype == v.dtype and torch.equal(after[k], v), k
+    np.testing.assert_array_equal(torch_outputs(module, x, {})["outputs"]["logits"],
+                                  ref32["outputs"]["logits"])
+
+
+def test_float64_pass_that_fails_still_gives_the_module_back_in_float32():
+    """A custom op without a float64 kernel is reported, not raised, and the module must come
+    back in float32 all the same (the conversion goes on with it)."""
+    from zoo.conversion.forward import torch_outputs
+    from zoo.conversion.pipeline import float32_error
+
+    class NoFloat64(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 2)
+
+        def forward(self, x):
+            if x.dtype == torch.float64:
+                raise RuntimeError("no float64 kernel")
+            return self.fc(x.mean(dim=(2, 3)))
+
+    module = NoFloat64().eval()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    x = np.random.default_rng(6).standard_normal((2, 4, 4, 3)).astype(np.float32)
+    floor = float32_error(module, x, {}, torch_outputs(module, x, {}), 1e-4, None,
+                          zoo.io_spec.DEFAULT_OUTPUTS)
+    assert "no float64 kernel" in floor["error"]
+    for k, v in module.state_dict().items():
+        assert v.dtype == torch.float32 and torch.equal(v, before[k]), k
+
+
 def test_float64_error_of_a_batch_level_output_uses_the_whole_batch():
     """An output that is not one row per sample (here the batch mean) cannot be measured image
     by image: the error floor then runs the float64 pass over the whole batch."""

@@ -223,6 +223,14 @@ def by_sample(run, inputs) -> dict:
     return merged
 
 
+def per_sample_or_batch(run, inputs) -> dict:
+    """`by_sample`, or `run` on the whole batch when a result is not one row per sample."""
+    try:
+        return by_sample(run, inputs)
+    except ValueError:
+        return run(inputs)
+
+
 def keras_outputs(model, inputs: dict, feature_layers: list[str], specs=DEFAULT_OUTPUTS) -> dict:
     """The named outputs and the named layers' outputs of a Keras model, one sample at a time
     (`by_sample`), or in one batch when an output is not one row per sample."""
@@ -236,10 +244,7 @@ def keras_outputs(model, inputs: dict, feature_layers: list[str], specs=DEFAULT_
         res = probe.predict_on_batch(feed(model, batch))
         return {"outputs": {k: np.asarray(v) for k, v in res["outputs"].items()},
                 "features": {k: np.asarray(v) for k, v in res["features"].items()}}
-    try:
-        return by_sample(run, inputs)
-    except ValueError:
-        return run(inputs)
+    return per_sample_or_batch(run, inputs)
 
 
 def _match_inputs(path, names, inputs: dict) -> dict:

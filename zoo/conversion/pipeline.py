@@ -6,7 +6,6 @@ import errno
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from zoo.constants import STAGES  # noqa: F401 - the stages convert() runs; scri
 from zoo.conversion.divergence import layer_diff
 from zoo.conversion.forward import as_inputs, torch_outputs
 from zoo.conversion.geometry import resizes_fixed_input, sized_inputs
-from zoo.conversion.mapping import apply_plan, plan_mapping
+from zoo.conversion.mapping import plan_mapping
 from zoo.conversion.sources import load_torch_model
 from zoo.conversion.torch_first import torch  # noqa: F401 - before keras/tensorflow
 from zoo.errors import ExportError, ValidationError
@@ -32,6 +31,7 @@ from zoo.validate import (
     feed,
     keras_outputs,
     named_outputs,
+    per_sample_or_batch,
     sample,
     save_golden,
     validate_files,
@@ -80,9 +80,6 @@ def float32_error(module, inputs, feature_modules, ref32, tolerance, in_specs, o
     for a 520 px segmentation net, the batch's float64 activations and its float64 outputs and
     features (1 GB) were the conversion's peak memory. A model whose outputs are not one row per
     sample is run on the whole batch."""
-    import copy
-
-    import numpy as np
 
     inputs, in_specs = as_inputs(inputs, in_specs)
     n = len(next(iter(inputs.values())))
@@ -97,17 +94,38 @@ def float32_error(module, inputs, feature_modules, ref32, tolerance, in_specs, o
             yield ref64, sample(ref32, i)
 
     try:
-        module64 = copy.deepcopy(module).double()
-        try:
-            result = compare_outputs_in_parts(per_sample(module64), tolerance, out_specs)
-        except _WholeBatch:
-            result = compare_outputs(
-                torch_outputs(module64, inputs, feature_modules, in_specs, out_specs,
-                              np.float64, layout), ref32, tolerance, out_specs)
+        with in_float64(module) as module64:
+            try:
+                result = compare_outputs_in_parts(per_sample(module64), tolerance, out_specs)
+            except _WholeBatch:
+                result = compare_outputs(
+                    torch_outputs(module64, inputs, feature_modules, in_specs, out_specs,
+                                  np.float64, layout), ref32, tolerance, out_specs)
     except Exception as e:   # a custom op without a float64 kernel: report, don't fail
         return {"error": f"{type(e).__name__}: {e}"[:300]}
     result.pop("passed", None)
     return result
+
+
+@contextmanager
+def in_float64(module):
+    """`module` itself with its floating parameters and buffers in float64, restored to their
+    own dtypes on exit. Converted in place rather than deep-copied: a copy kept the float32
+    weights alongside their float64 twin, a third copy of the weights at the worker's peak (issue
+    11). float32 -> float64 -> float32 is exact, so the restored weights are bit-identical."""
+    dtypes = {name: t.dtype for name, t in _floating(module)}
+    try:
+        yield module.double()
+    finally:
+        with torch.no_grad():
+            for name, t in _floating(module):
+                t.data = t.data.to(dtypes[name])
+
+
+def _floating(module):
+    tensors = list(module.named_parameters(remove_duplicate=False)) + \
+        list(module.named_buffers(remove_duplicate=False))
+    return [(name, t) for name, t in tensors if t.is_floating_point()]
 
 
 class _WholeBatch(Exception):
@@ -149,14 +167,11 @@ def _build_and_map(name, variant, tm, in_chans, timings, progress, check_hparams
         named_outputs(model, variant.output_specs())
         feed(model, {s.name: None for s in in_specs})
     with _stage("map_weights", timings, progress, peaks):
+        # assigned as they are checked (mapping.plan_mapping): the plan holds only the names
         plan = plan_mapping(tm.state_dict_numpy(), model, variant.rules, variant.recipe.ignore,
                             modules=dict(tm.module.named_modules()), context=name,
-                            check_hparams=check_hparams)
+                            check_hparams=check_hparams, assign=True)
         faults.point("map_weights")
-        apply_plan(model, plan)
-    # The converted arrays now live in the Keras variables; a plan holding them too would keep a
-    # third copy of the weights for the rest of the conversion. Diagnosis needs only the names.
-    plan = [replace(a, array=None) for a in plan]
     return kwargs, model, plan
 
 
@@ -227,7 +242,11 @@ def convert(name: str, weights="random", num_classes: int | None = None,
     # near one model in each framework.
     with _stage("validate", timings, None, peaks):
         inputs = make_inputs(in_specs, size, tm.preprocessing)
-        ref = torch_outputs(tm.module, inputs, features, in_specs, out_specs, layout=layout)
+        # one sample at a time, as the Keras side: a 520 px net's batch activations were this
+        # stage's peak (LR-ASPP: 400 MiB above the loaded model)
+        ref = per_sample_or_batch(
+            lambda batch: torch_outputs(tm.module, batch, features, in_specs, out_specs,
+                                        layout=layout), inputs)
         floor = float32_error(tm.module, inputs, features, ref, variant.tolerance, in_specs,
                               out_specs, layout)
     kwargs, model, plan = _build_and_map(name, variant, tm, in_chans, timings, progress,

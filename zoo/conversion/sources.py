@@ -171,7 +171,7 @@ def perturb_(module, seed=PERTURB_SEED, ignore=()):
                 continue
             std = float(t.std()) if t.numel() > 1 else 0.0
             noise = torch.randn(t.shape, generator=gen)
-            t.add_(noise * (0.5 * std if std > 1e-8 else 0.2))
+            t.add_(noise.mul_(0.5 * std if std > 1e-8 else 0.2))   # in place: no third copy
 
 
 def calibrate_norms_(module, input_size, specs, seed=PERTURB_SEED):
@@ -187,9 +187,11 @@ def calibrate_norms_(module, input_size, specs, seed=PERTURB_SEED):
              and m.track_running_stats and m.running_mean is not None]
 
     def hook(bn, args):
-        x = args[0].detach().double()
+        x = args[0].detach()
         dims = [d for d in range(x.ndim) if d != 1]
-        mean, var = x.mean(dims), x.var(dims, unbiased=False)
+        # one pass in the input's dtype (Welford): a float64 copy of every norm's input was most
+        # of this step's memory (issue 11), and the jitter below is far coarser than float32
+        var, mean = (t.double() for t in torch.var_mean(x, dims, correction=0))
         jitter_mean = 0.1 * var.sqrt() * torch.randn(mean.shape, generator=gen, dtype=torch.float64)
         jitter_var = 0.75 + 0.5 * torch.rand(var.shape, generator=gen, dtype=torch.float64)
         bn.running_mean.copy_(mean + jitter_mean)
