@@ -3,7 +3,8 @@
 Every PyTorch tensor is consumed exactly once unless ignored, every Keras variable is assigned
 exactly once, every shape is checked after its transform, and module hyper-parameters that shapes
 cannot reveal (BN eps/momentum, conv strides) are compared. All problems are collected and raised
-together as one MappingError; nothing is assigned unless the whole plan is clean.
+together as one MappingError. `plan_mapping` assigns nothing unless the whole plan is clean;
+with assign=True (the pipeline's) it assigns as it checks, and a model it raises on is discarded.
 """
 from __future__ import annotations
 

@@ -242,8 +242,8 @@ def convert(name: str, weights="random", num_classes: int | None = None,
     # near one model in each framework.
     with _stage("validate", timings, None, peaks):
         inputs = make_inputs(in_specs, size, tm.preprocessing)
-        # one sample at a time, as the Keras side: a 520 px net's batch activations were this
-        # stage's peak (LR-ASPP: 400 MiB above the loaded model)
+        # one sample at a time, as the Keras side: the batch's activations at 520 px are large
+        # (LR-ASPP: this stage's peak 629 -> 561 MiB above the baseline)
         ref = per_sample_or_batch(
             lambda batch: torch_outputs(tm.module, batch, features, in_specs, out_specs,
                                         layout=layout), inputs)
