@@ -112,16 +112,20 @@ def test_clean_plan_maps_every_tensor_and_gives_parity():
 
 def test_assigning_while_planning_fills_the_variables_and_keeps_only_names():
     """plan_mapping(assign=True) (the pipeline's way: no plan holding a copy of every weight)
-    gives the model applying the plan gives, and a plan without arrays."""
-    tm = Tiny()
-    state = state_of(tm)
+    gives the model applying the plan gives, and a plan without arrays. Every tensor is moved
+    off its initial value first: torch's BN stats 0/1 equal Keras' initial ones, and would pass
+    unassigned."""
+    rng = np.random.default_rng(7)
+    state = {k: v + rng.uniform(0.5, 1.5, v.shape).astype(v.dtype) if v.dtype.kind == "f" else v
+             for k, v in state_of(Tiny()).items()}
     streamed, applied = keras_tiny(), keras_tiny()
     plan = plan_mapping(state, streamed, rules(), IGNORE, assign=True)
     assert plan and all(a.array is None for a in plan)
     apply_plan(applied, plan_mapping(state, applied, rules(), IGNORE))
     for a, b in zip(streamed.weights, applied.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
-    assert not np.array_equal(streamed.weights[0].numpy(), keras_tiny().weights[0].numpy())
+    for a, fresh in zip(streamed.weights, keras_tiny().weights, strict=True):
+        assert not np.array_equal(a.numpy(), fresh.numpy()), a.path
 
 
 def test_assigning_while_planning_still_checks_the_whole_model_first_error_last():

@@ -171,7 +171,7 @@ def perturb_(module, seed=PERTURB_SEED, ignore=()):
                 continue
             std = float(t.std()) if t.numel() > 1 else 0.0
             noise = torch.randn(t.shape, generator=gen)
-            t.add_(noise.mul_(0.5 * std if std > 1e-8 else 0.2))   # in place: no third copy
+            t.add_(noise.mul_(0.5 * std if std > 1e-8 else 0.2))   # in place: one temporary, not two
 
 
 def calibrate_norms_(module, input_size, specs, seed=PERTURB_SEED):
