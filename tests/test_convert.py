@@ -161,6 +161,31 @@ def test_report_measures_torchs_own_float32_error_and_failure_says_when_it_expla
     assert "conditioning" not in str(e.value)
 
 
+def test_torch_module_is_freed_before_the_keras_validation(monkeypatch):
+    """The Keras validation sets a conversion's peak memory before export: the torch model must
+    be gone by then (a parity failure loads it again: tests/test_diff.py)."""
+    import weakref
+
+    from zoo.conversion import pipeline
+
+    ran = []   # every torch module that ran a forward pass during the conversion
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda module, _inputs: ran.append(weakref.ref(module)))
+    alive = []
+    keras_outputs = pipeline.keras_outputs
+
+    def counted(*args, **kwargs):   # the pipeline's own keras_outputs, after a count
+        alive.append(sum(r() is not None for r in ran))
+        return keras_outputs(*args, **kwargs)
+    monkeypatch.setattr(pipeline, "keras_outputs", counted)
+    try:
+        _, report = zoo.convert("timm/resnet18", input_size=SMALL)
+    finally:
+        handle.remove()
+    assert report["status"] == "passed" and len(ran) > 100
+    assert alive == [0]
+
+
 def test_failed_validation_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("ZOO_RECIPE_PATH", str(_swapped_bn_recipe(tmp_path)))
     out = tmp_path / "out"

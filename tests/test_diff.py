@@ -95,6 +95,41 @@ def test_same_padding_on_a_strided_conv(recipes):
     assert e.value.report["diff"]["first_divergent"]["keras"] == "stage3_block0_conv1"
 
 
+def test_failed_conversion_of_a_checkpoint_diffs_that_checkpoint(recipes, tmp_path,
+                                                                monkeypatch):
+    """convert() frees the torch model before the Keras validation, and a parity failure loads it
+    again for the layer diff: from a checkpoint, the diff still blames the layer at fault, and a
+    checkpoint rewritten meanwhile is named instead of diffed."""
+    import torch
+
+    from zoo.catalog import get_variant
+    from zoo.conversion import pipeline
+    from zoo.conversion.sources import load_torch_model
+
+    def edit(data, v):
+        v["keras"]["builder"] = "python:diff_fixtures:resnet_same_padding"
+    _resnet(recipes, "test/same_pad", edit)
+    variant, tag = get_variant("timm/resnet18")
+    state = load_torch_model(variant, tag, "random").module.state_dict()   # perturbed
+    ckpt = tmp_path / "finetuned.pth"
+    torch.save(state, ckpt)
+    with pytest.raises(zoo.ValidationError, match="first divergent layer") as e:
+        zoo.convert("test/same_pad", weights=str(ckpt), input_size=SMALL)
+    assert e.value.report["weights"]["source"] == "checkpoint"
+    assert e.value.report["diff"]["first_divergent"]["keras"] == "stage3_block0_conv1"
+
+    keras_outputs = pipeline.keras_outputs
+
+    def rewritten(*args, **kwargs):   # a training job saves the next epoch meanwhile
+        torch.save({k: v * 1.01 if v.is_floating_point() else v for k, v in state.items()}, ckpt)
+        return keras_outputs(*args, **kwargs)
+    monkeypatch.setattr(pipeline, "keras_outputs", rewritten)
+    with pytest.raises(zoo.ValidationError, match=r"parity failed.*no layer diff: .*finetuned"
+                                                  r"\.pth changed during the conversion") as e:
+        zoo.convert("test/same_pad", weights=str(ckpt), input_size=SMALL)
+    assert e.value.report["diff"] is None
+
+
 def test_tanh_gelu_instead_of_exact(recipes):
     def edit(data, v):
         v["keras"]["kwargs"] = {"gelu_approximate": True}

@@ -20,7 +20,7 @@ from zoo.conversion.geometry import resizes_fixed_input, sized_inputs
 from zoo.conversion.mapping import plan_mapping
 from zoo.conversion.sources import load_torch_model
 from zoo.conversion.torch_first import torch  # noqa: F401 - before keras/tensorflow
-from zoo.errors import ExportError, ValidationError
+from zoo.errors import ExportError, SourceError, ValidationError
 from zoo.export import atomic_dir, manifest, parse_formats, parse_inference, save_model_files, write_json
 from zoo.io_spec import make_inputs
 from zoo.models import build, builder_kwargs
@@ -175,6 +175,19 @@ def _build_and_map(name, variant, tm, in_chans, timings, progress, check_hparams
     return kwargs, model, plan
 
 
+def _reloaded(name, weights, num_classes, in_chans, input_size, first):
+    """The torch model of `first` (a TorchModel whose module was freed) loaded again. The load
+    is deterministic: random weights are seeded, pretrained ones come from the library's cache, a
+    checkpoint is read again and must hash the same (SourceError otherwise: a layer diff against
+    another file would blame layers that are not at fault)."""
+    _, tm, _ = _load(name, weights, num_classes, in_chans, {}, None, input_size)
+    if first.checkpoint and tm.checkpoint["sha256"] != first.checkpoint["sha256"]:
+        raise SourceError(f"{name}: checkpoint {first.checkpoint['path']} changed during the "
+                          f"conversion (sha256 {first.checkpoint['sha256'][:12]}... -> "
+                          f"{tm.checkpoint['sha256'][:12]}...); convert it again")
+    return tm
+
+
 def parameter_bytes(tm, model) -> dict:
     """Bytes of every tensor each model holds: torch's state_dict, Keras' variables."""
     return {"torch": int(sum(a.nbytes for a in tm.state_dict_numpy().values())),
@@ -237,9 +250,8 @@ def convert(name: str, weights="random", num_classes: int | None = None,
     in_specs, out_specs = sized_inputs(variant.input_specs(in_chans), tm.input_size), \
         variant.output_specs()
     layout = variant.recipe.feature_layout
-    # The torch side of validation runs before the Keras model exists: its float64 copy (twice
-    # the weights) is gone before the Keras weights arrive, which keeps the worker's peak memory
-    # near one model in each framework.
+    # The torch side of validation runs before the Keras model exists, and the torch module is
+    # freed once the weights are mapped: the worker holds both models only while mapping.
     with _stage("validate", timings, None, peaks):
         inputs = make_inputs(in_specs, size, tm.preprocessing)
         # one sample at a time, as the Keras side: the batch's activations at 520 px are large
@@ -251,6 +263,11 @@ def convert(name: str, weights="random", num_classes: int | None = None,
                               out_specs, layout)
     kwargs, model, plan = _build_and_map(name, variant, tm, in_chans, timings, progress,
                                          peaks=peaks)
+    params = parameter_bytes(tm, model)
+    # The Keras validation sets the peak before export (docs/performance.md); it ran with both
+    # models held. Only a parity failure needs the module again, for the layer diff, and loads
+    # it again (_reloaded).
+    tm.module = None
     with _stage("validate", timings, progress, peaks):
         parity = {"in_memory": compare_outputs(
             ref, keras_outputs(model, inputs, list(features.values()), out_specs),
@@ -280,7 +297,7 @@ def convert(name: str, weights="random", num_classes: int | None = None,
         "timings": timings,
         "peak_rss_mb_after_stage": peaks,   # filled in as the stages run, export's included
         # issue 11's memory bound for a conversion is a multiple of these (summary: peak RSS)
-        "parameter_bytes": parameter_bytes(tm, model),
+        "parameter_bytes": params,
     }
     if inference:
         report["inference"] = {"mode": inference, "folded": folded}
@@ -288,13 +305,19 @@ def convert(name: str, weights="random", num_classes: int | None = None,
             report["warnings"].append(slow)
     if not parity["in_memory"]["passed"]:
         report["status"] = "failed"
-        report["diff"] = diff = layer_diff(tm, model, plan, inputs, variant.tolerance, in_specs,
-                                           layout=variant.recipe.feature_layout)
-        first = diff["first_divergent"]
-        where = (f"; first divergent layer: torch {first['torch']!r} -> keras {first['keras']!r} "
-                 f"(max rel {first['max_rel']:.2e}); likely: {'; '.join(first['diagnosis'])}"
-                 if first else "; every mapped layer agrees: the difference is in unmapped ops "
-                               "after the last mapped layer")
+        try:
+            tm = _reloaded(name, weights, num_classes, in_chans, input_size, tm)
+        except SourceError as e:
+            report["diff"], where = None, f"; no layer diff: {e}"
+        else:
+            report["diff"] = diff = layer_diff(tm, model, plan, inputs, variant.tolerance,
+                                               in_specs, layout=variant.recipe.feature_layout)
+            first = diff["first_divergent"]
+            where = (f"; first divergent layer: torch {first['torch']!r} -> keras "
+                     f"{first['keras']!r} (max rel {first['max_rel']:.2e}); likely: "
+                     f"{'; '.join(first['diagnosis'])}" if first else
+                     "; every mapped layer agrees: the difference is in unmapped ops after the "
+                     "last mapped layer")
         if floor.get("max_rel", 0) >= 0.25 * parity["in_memory"]["max_rel"]:
             where += (f". Note: torch's own float32 output is {floor['max_rel']:.2g} (max rel) from "
                       f"its float64 output on these weights, so the network itself is that "
@@ -311,8 +334,6 @@ def convert(name: str, weights="random", num_classes: int | None = None,
     if out_dir is None:
         report["status"] = "passed"
         return model, report
-    tm.module = None   # not needed past validation: freed before the exports and the reload
-
     config = {
         "format_version": FORMAT_VERSION, "name": name, "family": variant.recipe.family,
         "builder": variant.builder, "builder_kwargs": kwargs, "num_classes": tm.num_classes,
