@@ -110,7 +110,12 @@ def test_failed_conversion_of_a_checkpoint_diffs_that_checkpoint(recipes, tmp_pa
         v["keras"]["builder"] = "python:diff_fixtures:resnet_same_padding"
     _resnet(recipes, "test/same_pad", edit)
     variant, tag = get_variant("timm/resnet18")
-    state = load_torch_model(variant, tag, "random").module.state_dict()   # perturbed
+
+    def scaled(state, factor):   # BN variances stay positive
+        return {k: v * factor if v.is_floating_point() else v for k, v in state.items()}
+    # perturbed, and not the weights `random` gives: a reload that fell back to those would
+    # diverge at the first layer
+    state = scaled(load_torch_model(variant, tag, "random").module.state_dict(), 1.05)
     ckpt = tmp_path / "finetuned.pth"
     torch.save(state, ckpt)
     with pytest.raises(zoo.ValidationError, match="first divergent layer") as e:
@@ -121,7 +126,7 @@ def test_failed_conversion_of_a_checkpoint_diffs_that_checkpoint(recipes, tmp_pa
     keras_outputs = pipeline.keras_outputs
 
     def rewritten(*args, **kwargs):   # a training job saves the next epoch meanwhile
-        torch.save({k: v * 1.01 if v.is_floating_point() else v for k, v in state.items()}, ckpt)
+        torch.save(scaled(state, 1.01), ckpt)
         return keras_outputs(*args, **kwargs)
     monkeypatch.setattr(pipeline, "keras_outputs", rewritten)
     with pytest.raises(zoo.ValidationError, match=r"parity failed.*no layer diff: .*finetuned"
