@@ -159,6 +159,91 @@ def test_builders_take_zoo_conv2d_for_dilated_convolutions():
         is keras.layers.Conv2D
 
 
+def _wide_pair(kernel, padding, channels=dense.WIDE_INPUT):
+    """torch's Conv2d over `channels` inputs (bias, ReLU) and zoo's Conv2D holding its weights."""
+    torch.manual_seed(4)
+    conv = nn.Conv2d(channels, 8, kernel)
+    with torch.no_grad():
+        conv.bias.uniform_(-0.5, 0.5)
+    layer = dense.Conv2D(8, kernel, padding=padding, activation="relu")
+    layer.build((None, None, None, channels))
+    layer.set_weights([conv.weight.detach().numpy().transpose(2, 3, 1, 0),
+                       conv.bias.detach().numpy()])
+    return conv, layer
+
+
+def _ops(layer, channels):
+    """Op types of `layer` traced for any batch and spatial size."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((None, None, None, channels))
+    return {op.type for op in tf.function(layer).get_concrete_function(spec).graph
+            .get_operations()}
+
+
+@pytest.mark.parametrize("kernel, padding", [(3, "same"), ((3, 5), "same"), (2, "same"),
+                                             (4, "same"), (3, "valid")])
+def test_wide_conv2d_is_torch_conv_forward_and_backward(kernel, padding):
+    """A stride-1 convolution over WIDE_INPUT channels (FCN's heads) runs as one matmul per tap,
+    with no Conv2D op: torch's output and its gradients for the input, kernel and bias. Even
+    kernels check that "same" puts the odd pixel of padding at the end, as TensorFlow does."""
+    import tensorflow as tf
+
+    conv, layer = _wide_pair(kernel, padding)
+    assert "Conv2D" not in _ops(layer, dense.WIDE_INPUT)
+    x = _rand(2, 7, 9, dense.WIDE_INPUT)
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
+    kh, kw = conv.kernel_size
+    pads = ((kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2) if padding == "same" else (0,) * 4
+    ref = torch.relu(conv(nn.functional.pad(xt, pads)))
+    (ref ** 2).sum().backward()
+
+    @tf.function
+    def forward_backward(a):
+        with tf.GradientTape() as tape:
+            tape.watch(a)
+            loss = tf.reduce_sum(layer(a) ** 2)
+        return layer(a), tape.gradient(loss, [a, layer.kernel, layer.bias])
+
+    y, (gx, gk, gb) = forward_backward(tf.constant(x))
+    assert y.shape == tuple(ref.permute(0, 2, 3, 1).shape)
+    assert rel(y, ref.detach().numpy().transpose(0, 2, 3, 1)) < 1e-6
+    assert rel(gx, xt.grad.numpy().transpose(0, 2, 3, 1)) < 1e-5
+    assert rel(gk, conv.weight.grad.numpy().transpose(2, 3, 1, 0)) < 1e-5
+    assert rel(gb, conv.bias.grad.numpy()) < 1e-5
+
+
+def test_wide_conv2d_runs_at_any_size_and_only_when_wide():
+    """One trace with free batch and spatial size serves two sizes; below WIDE_INPUT channels, or
+    strided, the convolution stays TensorFlow's Conv2D."""
+    import tensorflow as tf
+
+    conv, layer = _wide_pair(3, "same")
+    f = tf.function(layer, input_signature=[tf.TensorSpec((None, None, None, dense.WIDE_INPUT))])
+    for shape in [(1, 5, 6), (3, 11, 4)]:
+        x = _rand(*shape, dense.WIDE_INPUT)
+        xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+        with torch.no_grad():
+            ref = torch.relu(conv(nn.functional.pad(xt, (1, 1, 1, 1))))
+        assert rel(f(tf.constant(x)), ref.numpy().transpose(0, 2, 3, 1)) < 1e-6
+    assert "Conv2D" in _ops(_wide_pair(3, "same", dense.WIDE_INPUT // 2)[1], dense.WIDE_INPUT // 2)
+    strided = dense.Conv2D(8, 3, strides=2)
+    assert "Conv2D" in _ops(strided, dense.WIDE_INPUT)
+
+
+def test_builders_take_zoo_conv2d_for_wide_convolutions():
+    """blocks.conv2d (FCN's and DeepLabV3's heads) picks zoo's Conv2D for a stride-1 k x k
+    convolution over WIDE_INPUT channels, and keeps Keras' class below it and for 1x1."""
+    inp = keras.Input((9, 9, dense.WIDE_INPUT))
+    narrow = keras.Input((9, 9, dense.WIDE_INPUT // 2))
+    model = keras.Model([inp, narrow], [blocks.conv2d(inp, 8, 3, name="head"),
+                                        blocks.conv2d(inp, 8, 1, name="pointwise"),
+                                        blocks.conv2d(narrow, 8, 3, name="narrow")])
+    assert type(model.get_layer("head")) is dense.Conv2D
+    assert type(model.get_layer("pointwise")) is keras.layers.Conv2D
+    assert type(model.get_layer("narrow")) is keras.layers.Conv2D
+
+
 def test_grouped_conv2d_keeps_keras_route_without_onednn():
     """Without oneDNN, Grappler's fused Conv2D+BiasAdd kernel rejects groups: zoo's Conv2D then
     takes Keras' route, and the graph runs and matches torch. A dilated convolution (one group)

@@ -21,6 +21,12 @@ Linux) the native Conv2D runs groups forward and backward, 1.1-9x faster than th
 RegNet's shapes (docs/performance.md). Without oneDNN, Grappler's fused Conv2D+BiasAdd kernel
 still rejects groups ("Fused conv implementation does not support grouped convolutions"), so
 the layer then keeps Keras' route.
+
+A stride-1 k x k convolution over at least WIDE_INPUT channels (FCN's head, 2048 -> 512 at 65x65)
+takes a third path: k*k matmuls on the (rows, channels) view, each result summed at its tap's
+offset. TensorFlow's oneDNN (3.7, brgemm kernel on plain HWIO weights) is 1.2-1.75x PyTorch's at
+such widths, its matmul is not (docs/performance.md). Padding the outputs rather than slicing
+the input keeps one view of the input, so training keeps no per-tap copies of it.
 """
 import functools
 
@@ -70,20 +76,57 @@ def onednn_enabled() -> bool:
     return bool(_pywrap_util_port.IsMklEnabled())
 
 
+# Input channels from which a stride-1, undilated, ungrouped k x k convolution runs as matmuls:
+# at 1024 and 2048 they were 0.8-1.0x TensorFlow's Conv2D at 7-128 px, at 512 1.2x slower.
+WIDE_INPUT = 1024
+
+
+def wide(in_channels, kernel, strides, groups, dilation) -> bool:
+    """Whether zoo's Conv2D computes this convolution as matmuls (WIDE_INPUT); kernel, strides and
+    dilation are (h, w) pairs."""
+    return (in_channels is not None and in_channels >= WIDE_INPUT and groups == 1
+            and max(kernel) > 1 and tuple(strides) == (1, 1) and tuple(dilation) == (1, 1))
+
+
+def _taps_conv(x, kernel, padding):
+    """A stride-1 convolution ("same" or "valid") as one matmul per kernel tap on the input's 2-D
+    view; tap (i, j)'s product, padded like the input would be, contributes its window shifted by
+    (i, j)."""
+    kh, kw = kernel.shape[:2]
+    dims = tf.shape(x)
+    h, w = (x.shape[a] if x.shape[a] is not None else dims[a] for a in (1, 2))
+    pads = None
+    if padding == "same":   # TF's SAME: the odd pixel at the end
+        pads = [[0, 0], [(kh - 1) // 2, kh // 2], [(kw - 1) // 2, kw // 2], [0, 0]]
+    else:
+        h, w = h - kh + 1, w - kw + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            y = _rows_matmul(x, kernel[i, j], None, None)
+            y = (tf.pad(y, pads) if pads else y)[:, i:i + h, j:j + w]
+            out = y if out is None else out + y
+    return out
+
+
 @keras.saving.register_keras_serializable(package="zoo")
 class Conv2D(keras.layers.Conv2D):
     """keras.layers.Conv2D (same variables, config and result); with a 1x1 kernel, stride 1,
     channels-last it is computed as a matmul on the (B*H*W, C) view, which a 1x1 convolution is,
     and oneDNN then fuses its bias and activation (torch's conv_mlp 1x1 Conv2d). A grouped
     convolution runs TensorFlow's native kernel instead of Keras' XLA island when oneDNN is on,
-    and so does a dilated one instead of Keras' space-to-batch route. Any other convolution takes
-    Keras' own call."""
+    and so does a dilated one instead of Keras' space-to-batch route. A stride-1 one over at least
+    WIDE_INPUT channels runs as k*k matmuls. Any other convolution takes Keras' own call."""
 
     def convolution_op(self, inputs, kernel):
         # A dilated convolution: Keras' route (tf.nn.convolution) computes it as SpaceToBatchND ->
         # Conv2D -> BatchToSpaceND, which at DeepLabV3's rates (12-36 on a 33x33 map) splits the
         # map into hundreds of tiny images; the Conv2D op takes the dilation itself, on oneDNN and
         # on TensorFlow's own CPU kernel (1.8x at rate 12, 2.8x at 36, docs/performance.md).
+        if (self.data_format == "channels_last" and _plain(self)
+                and wide(inputs.shape[-1], self.kernel_size, self.strides, self.groups,
+                         self.dilation_rate)):
+            return _taps_conv(inputs, kernel, self.padding)
         native = (self.groups == 1 and max(self.dilation_rate) > 1) or (
             self.groups > 1 and onednn_enabled())
         if not native or self.data_format != "channels_last" or not _plain(self):

@@ -102,9 +102,10 @@ def conv2d(x, filters, kernel, stride=1, groups=1, use_bias=False, padding=None,
     if cfg.weight_std_eps is not None:
         return StdConv2D(filters, kernel, eps=cfg.weight_std_eps, **args)(x)
     # zoo's Conv2D runs a grouped convolution on TensorFlow's native kernel, not Keras' XLA
-    # island, and a dilated one without Keras' space-to-batch (zoo/layers/dense.py); the others
-    # keep Keras' class, as measured.
-    native = groups > 1 or max(_pair(dilation)) > 1
+    # island, a dilated one without Keras' space-to-batch and a wide one as matmuls
+    # (zoo/layers/dense.py); the others keep Keras' class, as measured.
+    native = groups > 1 or max(_pair(dilation)) > 1 or dense.wide(
+        x.shape[-1], _pair(kernel), _pair(stride), groups, _pair(dilation))
     return (dense.Conv2D if native else keras.layers.Conv2D)(filters, kernel, **args)(x)
 
 
