@@ -94,6 +94,9 @@ def test_report_files(bench):
     (["--batch", "0"], "--batch must be a whole number >= 1, got 0"),
     (["--threads", "two"], "--threads must be a whole number >= 1, got 'two'"),
     (["--only", "timm/no_such_model"], "match(es) no catalogue model"),
+    (["--redo", MODEL], "--redo needs --resume"),
+    (["--resume", "--only", MODEL, "--redo", "timm/resnet50*"],
+     "--redo timm/resnet50*: matches none of the selected models"),
 ])
 def test_bad_arguments(tmp_path, args, message):
     proc = run_script("benchmark.py", *args, "--out", tmp_path)
@@ -167,3 +170,24 @@ def test_other_processes_cpu_share_is_measured_and_named():
     md = _busy_models({"a/quiet": {"other_cpu_share": 0.05},
                        "b/busy": {"other_cpu_share": BUSY_SHARE + 0.1}, "c/old": {}})
     assert "`b/busy` (35%)" in md and "a/quiet" not in md and "c/old" not in md
+
+
+def test_redo_measures_a_kept_model_again_and_keeps_the_others(bench, tmp_path):
+    """--resume --redo GLOB: one model that results.json already holds is measured again (to
+    re-measure it after a fix) while the other kept models stay exactly as they were, which a
+    run without --resume would drop."""
+    out, results = bench
+    (name, r), = results["models"].items()
+    kept_name = "torchvision/squeezenet1_0.IMAGENET1K_V1"   # a stand-in: it must not be re-run
+    old = {**r, "measured_at": "2026-01-01T00:00:00+00:00"}
+    earlier = {**results, "models": {kept_name: old, name: old}}
+    (tmp_path / "results.json").write_text(json.dumps(earlier))
+    proc = run_script("benchmark.py", "--input-size", SMALL, "--calls", 3, "--warmup", 1,
+                      "--batch", 1, "--threads", 1, "--out", tmp_path, "--resume",
+                      "--only", MODEL, "torchvision/squeezenet1_0*", "--redo", MODEL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 model(s) already measured, 1 to measure (1 again: --redo)" in proc.stderr
+    now = json.loads((tmp_path / "results.json").read_text())
+    assert now["models"][kept_name] == old
+    assert now["models"][name]["status"] == "passed"
+    assert now["models"][name]["measured_at"] != old["measured_at"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import fnmatch
 import importlib.util
 import json
 import os
@@ -126,8 +127,16 @@ def main(argv=None):
     p.add_argument("--resume", action="store_true",
                    help="keep the models OUT/results.json already measured with the same settings "
                         "and library versions, and measure the rest of the selection")
+    p.add_argument("--redo", nargs="+", metavar="GLOB",
+                   help="with --resume: measure these selected models again though "
+                        "OUT/results.json has them (their earlier figures stay until the new "
+                        "ones are written)")
     args = p.parse_args(argv)
 
+    if args.redo and not args.resume:
+        print("error: --redo needs --resume (without it every selected model is measured, and "
+              "results.json keeps only the selection)", file=sys.stderr)
+        return 2
     if importlib.util.find_spec("matplotlib") is None:
         print(f"error: the benchmark plots need matplotlib (not installed): pip install "
               f"'{DIST}[benchmark]'", file=sys.stderr)
@@ -148,6 +157,12 @@ def main(argv=None):
     except BatchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    redo = {n for n in names for g in args.redo or () if fnmatch.fnmatchcase(n, g)}
+    idle = [g for g in args.redo or () if not any(fnmatch.fnmatchcase(n, g) for n in names)]
+    if idle:
+        print(f"error: --redo {' '.join(idle)}: matches none of the selected models (the "
+              f"catalogue, or --only / --exclude)", file=sys.stderr)
+        return 2
     if not names:
         print("nothing to benchmark (selection is empty)", file=sys.stderr)
         return 0
@@ -166,10 +181,10 @@ def main(argv=None):
         except ValueError as e:
             print(f"error: --resume: {e}", file=sys.stderr)
             return 2
-        kept = [n for n in names if n in results["models"]]
-        names = [n for n in names if n not in results["models"]]
-        print(f"--resume: {len(kept)} model(s) already measured, {len(names)} to measure",
-              file=sys.stderr)
+        kept = [n for n in names if n in results["models"] and n not in redo]
+        names = [n for n in names if n not in kept]
+        print(f"--resume: {len(kept)} model(s) already measured, {len(names)} to measure"
+              + (f" ({len(redo)} again: --redo)" if redo else ""), file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     # a resumed run can span commits of one zoo version: each model records its code's
     revision = source_revision()

@@ -76,8 +76,9 @@ def onednn_enabled() -> bool:
     return bool(_pywrap_util_port.IsMklEnabled())
 
 
-# Input channels from which a stride-1, undilated, ungrouped k x k convolution runs as matmuls:
-# at 1024 and 2048 they were 0.8-1.0x TensorFlow's Conv2D at 7-128 px, at 512 1.2x slower.
+# Input channels from which a stride-1, undilated, ungrouped k x k convolution runs as matmuls.
+# Single layers, time of the taps / of TensorFlow's Conv2D: at 1024-2048 channels 0.6-0.9 on
+# 28-128 px maps, 0.85-1.2 (noise) at 7-33 px; at 256-512 channels 1.2 (docs/performance.md).
 WIDE_INPUT = 1024
 
 
@@ -119,14 +120,14 @@ class Conv2D(keras.layers.Conv2D):
     WIDE_INPUT channels runs as k*k matmuls. Any other convolution takes Keras' own call."""
 
     def convolution_op(self, inputs, kernel):
-        # A dilated convolution: Keras' route (tf.nn.convolution) computes it as SpaceToBatchND ->
-        # Conv2D -> BatchToSpaceND, which at DeepLabV3's rates (12-36 on a 33x33 map) splits the
-        # map into hundreds of tiny images; the Conv2D op takes the dilation itself, on oneDNN and
-        # on TensorFlow's own CPU kernel (1.8x at rate 12, 2.8x at 36, docs/performance.md).
         if (self.data_format == "channels_last" and _plain(self)
                 and wide(inputs.shape[-1], self.kernel_size, self.strides, self.groups,
                          self.dilation_rate)):
             return _taps_conv(inputs, kernel, self.padding)
+        # A dilated convolution: Keras' route (tf.nn.convolution) computes it as SpaceToBatchND ->
+        # Conv2D -> BatchToSpaceND, which at DeepLabV3's rates (12-36 on a 33x33 map) splits the
+        # map into hundreds of tiny images; the Conv2D op takes the dilation itself, on oneDNN and
+        # on TensorFlow's own CPU kernel (1.8x at rate 12, 2.8x at 36, docs/performance.md).
         native = (self.groups == 1 and max(self.dilation_rate) > 1) or (
             self.groups > 1 and onednn_enabled())
         if not native or self.data_format != "channels_last" or not _plain(self):
