@@ -182,9 +182,10 @@ def main(argv=None):
             print(f"error: --resume: {e}", file=sys.stderr)
             return 2
         kept = [n for n in names if n in results["models"] and n not in redo]
+        again = sum(n in results["models"] for n in redo)
         names = [n for n in names if n not in kept]
         print(f"--resume: {len(kept)} model(s) already measured, {len(names)} to measure"
-              + (f" ({len(redo)} again: --redo)" if redo else ""), file=sys.stderr)
+              + (f" ({again} again: --redo)" if again else ""), file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     # a resumed run can span commits of one zoo version: each model records its code's
     revision = source_revision()
