@@ -123,12 +123,11 @@ def test_failed_conversion_of_a_checkpoint_diffs_that_checkpoint(recipes, tmp_pa
     assert e.value.report["weights"]["source"] == "checkpoint"
     assert e.value.report["diff"]["first_divergent"]["keras"] == "stage3_block0_conv1"
 
-    keras_outputs = pipeline.keras_outputs
-
-    def rewritten(*args, **kwargs):   # a training job saves the next epoch meanwhile
-        torch.save(scaled(state, 1.01), ckpt)
-        return keras_outputs(*args, **kwargs)
-    monkeypatch.setattr(pipeline, "keras_outputs", rewritten)
+    class Rewritten(pipeline.KerasProbe):
+        def __call__(self, inputs):   # a training job saves the next epoch meanwhile
+            torch.save(scaled(state, 1.01), ckpt)
+            return super().__call__(inputs)
+    monkeypatch.setattr(pipeline, "KerasProbe", Rewritten)
     with pytest.raises(zoo.ValidationError, match=r"parity failed.*no layer diff: .*finetuned"
                                                   r"\.pth changed during the conversion") as e:
         zoo.convert("test/same_pad", weights=str(ckpt), input_size=SMALL)

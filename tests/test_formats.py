@@ -14,8 +14,9 @@ from helpers import ROOT, run_script
 from zoo.batch import _summary_row, summary_table, up_to_date
 from zoo.constants import FORMATS
 from zoo.export import is_complete
+from zoo.io_spec import from_config
 from zoo.publish import build_release
-from zoo.validate import validate_files
+from zoo.validate import KerasProbe, validate_files
 
 META = {"config.json", "golden.npz", "report.json"}
 LANDMARK_OUTPUTS = ["boxes", "landmarks", "probability"]
@@ -119,13 +120,35 @@ def test_reload_validation_reads_the_weights_file_into_the_converted_model(user_
 
     model, _ = zoo.convert("user/landmarks", out_dir=user_models / "reload")
     folder = user_models / "reload" / "user" / "landmarks"
-    assert validate_files(folder, model=model)["weights.h5"]["passed"]
+    config = json.loads((folder / "config.json").read_text())
+    probe = KerasProbe(model, config["feature_layers"], from_config(config)[1])
+    assert validate_files(folder, probe=probe)["weights.h5"]["passed"]
     with h5py.File(folder / "model.weights.h5", "r+") as f:
         kernels = []
         f.visititems(lambda _n, obj: kernels.append(obj)
                      if isinstance(obj, h5py.Dataset) and obj.ndim >= 2 else None)
         kernels[0][...] = kernels[0][...] * 1.5
-    assert not validate_files(folder, model=model)["weights.h5"]["passed"]
+    assert not validate_files(folder, probe=probe)["weights.h5"]["passed"]
+    assert probe.traces() == 1   # the file's values ran through the probe's one trace
+
+
+def test_reload_validation_runs_the_validation_probe_again(user_models, monkeypatch):
+    """issue 11: after export the conversion loads the .weights.h5 into its model and runs the
+    probe of its in-memory validation again: no second functional graph, no second trace."""
+    from zoo import validate
+    from zoo.conversion import pipeline
+
+    built = []
+
+    class Recorded(validate.KerasProbe):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+    monkeypatch.setattr(pipeline, "KerasProbe", Recorded)
+    monkeypatch.setattr(validate, "KerasProbe", Recorded)   # a probe built anywhere is seen
+    _, report = zoo.convert("user/landmarks", out_dir=user_models / "one_probe")
+    assert report["parity"]["weights.h5"]["passed"] and report["parity"]["in_memory"]["passed"]
+    assert len(built) == 1 and built[0].traces() == 1
 
 
 def test_a_folder_written_without_weights_h5_says_what_it_has(user_models):

@@ -231,20 +231,37 @@ def per_sample_or_batch(run, inputs) -> dict:
         return run(inputs)
 
 
+class KerasProbe:
+    """A Keras model's named outputs and its named layers' outputs, run one sample at a time
+    (`per_sample_or_batch`). Built and traced once, and run as often as needed: a conversion runs
+    the same probe for its in-memory validation and, once the written `.weights.h5` is loaded back
+    into the model's variables, for the reload validation. A second probe there was a second
+    functional graph and a second trace of it (issue 11: DenseNet-121's reload stage +33 MiB)."""
+
+    def __init__(self, model, feature_layers, specs=DEFAULT_OUTPUTS):
+        import keras
+
+        self.model, self.feature_layers, self.specs = model, list(feature_layers), specs
+        self._probe = keras.Model(model.input, {
+            "outputs": named_outputs(model, specs),
+            "features": {n: model.get_layer(n).output for n in self.feature_layers}})
+
+    def __call__(self, inputs: dict) -> dict:
+        def run(batch):
+            res = self._probe.predict_on_batch(feed(self.model, batch))
+            return {"outputs": {k: np.asarray(v) for k, v in res["outputs"].items()},
+                    "features": {k: np.asarray(v) for k, v in res["features"].items()}}
+        return per_sample_or_batch(run, inputs)
+
+    def traces(self) -> int:
+        """How many times its predict function was traced (0 before the first call)."""
+        fn = self._probe.predict_function
+        return 0 if fn is None else fn.experimental_get_tracing_count()
+
+
 def keras_outputs(model, inputs: dict, feature_layers: list[str], specs=DEFAULT_OUTPUTS) -> dict:
-    """The named outputs and the named layers' outputs of a Keras model, one sample at a time
-    (`by_sample`), or in one batch when an output is not one row per sample."""
-    import keras
-
-    probe = keras.Model(model.input, {"outputs": named_outputs(model, specs),
-                                      "features": {n: model.get_layer(n).output
-                                                   for n in feature_layers}})
-
-    def run(batch):
-        res = probe.predict_on_batch(feed(model, batch))
-        return {"outputs": {k: np.asarray(v) for k, v in res["outputs"].items()},
-                "features": {k: np.asarray(v) for k, v in res["features"].items()}}
-    return per_sample_or_batch(run, inputs)
+    """The named outputs and the named layers' outputs of a Keras model (a one-off KerasProbe)."""
+    return KerasProbe(model, feature_layers, specs)(inputs)
 
 
 def _match_inputs(path, names, inputs: dict) -> dict:
@@ -340,16 +357,17 @@ def save_golden(model_dir, inputs: dict, ref: dict) -> None:
     np.savez(Path(model_dir) / GOLDEN, **arrays)
 
 
-def validate_files(model_dir, inputs=None, ref=None, model=None) -> dict:
+def validate_files(model_dir, inputs=None, ref=None, probe: KerasProbe | None = None) -> dict:
     """Re-run every exported file in `model_dir` (the formats its config.json records) and compare
     with the golden reference, output by output by name.
 
-    model: the Keras model the files were just written from (the conversion). Its `.weights.h5`
-    is then loaded back into it instead of into a second build of the same builder call: the
-    file is what is validated, and a rebuild would hold a third copy of the weights at the
-    worker's peak (issue 11). Without it (validate_all, long after) the recorded builder
-    rebuilds the model. Returns {format: comparison}, each with "passed"; used right after
-    export and by scripts/validate_all.py, without torch."""
+    probe: a KerasProbe of the Keras model the files were just written from (the conversion). Its
+    `.weights.h5` is then loaded back into that model and run through the same probe, instead of
+    into a second build of the same builder call: the file is what is validated, and a rebuild
+    would hold a third copy of the weights at the worker's peak (issue 11). Without it
+    (validate_all, long after) the recorded builder rebuilds the model. Returns {format:
+    comparison}, each with "passed"; used right after export and by scripts/validate_all.py,
+    without torch."""
     from zoo.constants import FORMAT_FILES
     from zoo.export import written_formats
 
@@ -360,12 +378,15 @@ def validate_files(model_dir, inputs=None, ref=None, model=None) -> dict:
     _, specs = from_config(config)
     tol = config["tolerance"]
     feats = [f for f in config.get("feature_layers", []) if f in ref["features"]]
+    if probe is not None and (probe.feature_layers, [s.name for s in probe.specs]) != \
+            (feats, [s.name for s in specs]):   # not this folder's outputs: probe them anew
+        probe = KerasProbe(probe.model, feats, specs)
     results = {}
     for fmt in written_formats(config):
         path = model_dir / FORMAT_FILES[fmt]
-        if fmt == "weights.h5" and model is not None:
-            model.load_weights(path)
-            out = keras_outputs(model, inputs, feats, specs)
+        if fmt == "weights.h5" and probe is not None:
+            probe.model.load_weights(path)
+            out = probe(inputs)
         elif fmt in ("weights.h5", "keras"):
             loaded = _load_keras(config, path)
             out = keras_outputs(loaded, inputs, feats, specs)

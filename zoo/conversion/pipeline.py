@@ -26,6 +26,7 @@ from zoo.io_spec import make_inputs
 from zoo.models import build, builder_kwargs
 from zoo.validate import (
     RUNNERS,
+    KerasProbe,
     compare_outputs,
     compare_outputs_in_parts,
     feed,
@@ -269,9 +270,9 @@ def convert(name: str, weights="random", num_classes: int | None = None,
     # it again (_reloaded).
     tm.module = None
     with _stage("validate", timings, progress, peaks):
-        parity = {"in_memory": compare_outputs(
-            ref, keras_outputs(model, inputs, list(features.values()), out_specs),
-            variant.tolerance, out_specs)}
+        # run again after export, on the weights read back from the file (validate_files)
+        probe = KerasProbe(model, list(features.values()), out_specs)
+        parity = {"in_memory": compare_outputs(ref, probe(inputs), variant.tolerance, out_specs)}
         serving, folded = None, None
         if inference:
             from zoo.fold import fold_for_inference, xla_warning
@@ -357,7 +358,7 @@ def convert(name: str, weights="random", num_classes: int | None = None,
             config["formats"] = [f for f, e in exports.items() if "skipped" not in e]
             write_json(tmp / "config.json", config)
         with _stage("reload_validate", timings, progress, peaks):
-            parity.update(validate_files(tmp, inputs, ref, model))
+            parity.update(validate_files(tmp, inputs, ref, probe))
         failed = [fmt for fmt, p in parity.items() if not p["passed"]]
         report["status"] = "failed" if failed else "passed"
         if failed:
